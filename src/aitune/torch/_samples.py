@@ -1,0 +1,153 @@
+"""Input signatures and recorded samples.
+
+A call's inputs are normalized against forward's parameters (so `m(x)` and `m(input=x)` are one signature),
+then keyed by structure, dtypes, devices, ranks, grad mode and plain values. Sizes are not part of the key:
+each signature learns the range of every dimension from all its calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aitune.torch import _tree
+
+
+class InputNormalizer:
+    """Maps (args, kwargs) of one module class to an ordered {parameter name: value} view."""
+
+    def __init__(self, forward: Any) -> None:
+        self.names: list[str] = []
+        self.var_positional: str | None = None
+        try:
+            params = inspect.signature(forward).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                self.names.append(p.name)
+            elif p.kind is p.VAR_POSITIONAL:
+                self.var_positional = p.name
+                break
+        self._order = {n: i for i, n in enumerate(self.names)}
+
+    def normalize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        named: list[tuple[str, Any]] = []
+        n = len(self.names)
+        for i, value in enumerate(args):
+            named.append((self.names[i], value) if i < n else (f"*{self.var_positional or 'args'}[{i - n}]", value))
+        if kwargs:
+            order = self._order
+            named.extend(sorted(kwargs.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+        return tuple(named)
+
+
+def signature_key(named: tuple[tuple[str, Any], ...]) -> Any:
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            tuple((name, _tree.spec(value)) for name, value in named))
+
+
+@dataclass
+class Sample:
+    """One recorded call: copies of the inputs and of the eager outputs."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    outputs: Any
+    #: Copies of the inputs after the eager call, when eager changed them in place; else None.
+    inputs_after: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    nbytes: int = 0
+
+
+@dataclass
+class SignatureRecord:
+    """What is known of one input signature of one module."""
+
+    key: Any
+    description: list[dict[str, Any]]
+    #: Per tensor leaf, in `description` order: [min sizes], [max sizes].
+    min_shapes: list[list[int]]
+    max_shapes: list[list[int]]
+    shape_counts: dict[tuple[tuple[int, ...], ...], int] = field(default_factory=dict)
+    calls: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: "recording" -> "tuning" -> "tuned" | "eager"
+    status: str = "recording"
+    engine: Any = field(default=None, repr=False)
+    backend: str | None = None
+    reason: str | None = None
+    eager_latency_ms: float | None = None
+    tuned_latency_ms: float | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    #: Calls routed to the engine, and calls that ran eagerly because their shapes were out of range.
+    engine_calls: int = 0
+    out_of_range_calls: int = 0
+
+    @classmethod
+    def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
+        description: list[dict[str, Any]] = []
+        shapes: list[list[int]] = []
+        for path, leaf in _tree.leaf_paths(dict(named)):
+            if isinstance(leaf, torch.Tensor):
+                description.append({"name": path, "dtype": str(leaf.dtype).removeprefix("torch."),
+                                    "device": str(leaf.device)})
+                shapes.append(list(leaf.shape))
+        return cls(key=key, description=description, min_shapes=[list(s) for s in shapes],
+                   max_shapes=[list(s) for s in shapes])
+
+    def observe(self, named: tuple[tuple[str, Any], ...]) -> None:
+        """Count a call and widen the shape ranges (the caller holds `lock`)."""
+        self.calls += 1
+        shapes = tuple(tuple(t.shape) for t in _tree.tensors(dict(named)))
+        self.shape_counts[shapes] = self.shape_counts.get(shapes, 0) + 1
+        for lo, hi, shape in zip(self.min_shapes, self.max_shapes, shapes):
+            for i, size in enumerate(shape):
+                if size < lo[i]:
+                    lo[i] = size
+                if size > hi[i]:
+                    hi[i] = size
+
+    def in_range(self, named: tuple[tuple[str, Any], ...]) -> bool:
+        for lo, hi, t in zip(self.min_shapes, self.max_shapes, _tree.tensors(dict(named))):
+            for i, size in enumerate(t.shape):
+                if size < lo[i] or size > hi[i]:
+                    return False
+        return True
+
+    @property
+    def most_common_shapes(self) -> tuple[tuple[int, ...], ...] | None:
+        if not self.shape_counts:
+            return None
+        return max(self.shape_counts.items(), key=lambda kv: kv[1])[0]
+
+    @property
+    def dynamic_dims(self) -> list[list[int]]:
+        """Per tensor leaf, the dimensions whose size varied across calls."""
+        return [[i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
+                for lo, hi in zip(self.min_shapes, self.max_shapes)]
+
+    def to_report(self) -> dict[str, Any]:
+        inputs = []
+        for desc, lo, hi in zip(self.description, self.min_shapes, self.max_shapes):
+            inputs.append({**desc, "min_shape": list(lo), "max_shape": list(hi)})
+        return {"status": self.status, "backend": self.backend, "reason": self.reason, "calls": self.calls,
+                "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
+                "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
+                "inputs": inputs, "candidates": self.candidates}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def first_device(samples: Sequence[Sample]) -> torch.device:
+    for s in samples:
+        for t in _tree.tensors((s.args, s.kwargs)):
+            return t.device
+    return torch.device("cpu")

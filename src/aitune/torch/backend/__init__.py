@@ -1,0 +1,34 @@
+"""Backends: each turns a module and its recorded samples into a faster engine.
+
+Register your own with `register_backend`; config files name backends by their registered name.
+"""
+
+from aitune.torch.backend._base import Backend, BackendConfig, Engine
+from aitune.torch.backend._eager import TorchEagerBackend, TorchEagerBackendConfig
+from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInductorJitBackendConfig
+from aitune.torch.backend._registry import (
+    backend_names,
+    create_backend,
+    get_backend_class,
+    register_backend,
+    unregister_backend,
+)
+
+for _cls in (TorchEagerBackend, TorchInductorJitBackend):
+    register_backend(_cls)
+del _cls
+
+__all__ = [
+    "Backend",
+    "BackendConfig",
+    "Engine",
+    "TorchEagerBackend",
+    "TorchEagerBackendConfig",
+    "TorchInductorJitBackend",
+    "TorchInductorJitBackendConfig",
+    "backend_names",
+    "create_backend",
+    "get_backend_class",
+    "register_backend",
+    "unregister_backend",
+]

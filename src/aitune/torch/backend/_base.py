@@ -1,0 +1,103 @@
+"""The Backend contract: build an engine from a module and its recorded samples, then run it.
+
+A backend is described by a frozen pydantic config (its engine-relevant settings, which form cache keys),
+declares the devices it supports and whether its artifact can be saved (AOT) or is rebuilt in each process
+(JIT). Optional third-party imports happen inside `build`, never at import time of aitune.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from aitune.torch._samples import Sample, SignatureRecord
+
+
+class BackendConfig(BaseModel):
+    """Base of every backend's settings: frozen, and unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class Engine(abc.ABC):
+    """A built, runnable replacement for one module on one input signature.
+
+    Called exactly like the module (same positional and keyword arguments); returns the same structure.
+    """
+
+    #: True when the engine holds its own copy of the weights (TensorRT, ONNX Runtime, AOT packages), so
+    #: any in-place change of the module's parameters makes it stale. Engines that read the live parameters
+    #: (torch.compile) keep following them.
+    bakes_weights: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Free what the engine holds (GPU memory, sessions). Called when it is dropped."""
+
+
+class Backend(abc.ABC):
+    """Base of every backend. Subclasses set `config_class`, `kind` and implement `build`."""
+
+    config_class: ClassVar[type[BackendConfig]] = BackendConfig
+    #: "jit": rebuilt in each process (torch.compile); "aot": its artifact can be saved and loaded.
+    kind: ClassVar[Literal["jit", "aot"]] = "jit"
+    #: Device types the backend can build for.
+    device_types: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: Name of the pip extra that installs the backend's optional library, if it has one.
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, config: BackendConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError(f"{type(self).__name__}: pass either a config object or keyword options, not both")
+        if config is None:
+            config = self.config_class(**options)
+        elif not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when the backend's libraries are importable, else a message with the install command."""
+        return None
+
+    def unsupported_reason(self, device: torch.device) -> str | None:
+        """None when the backend can build for `device`, else why not."""
+        if device.type not in self.device_types:
+            return f"{self.name} does not support device type {device.type!r} (supports {', '.join(self.device_types)})"
+        return None
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The settings that change a built engine (used in cache keys and the report)."""
+        return self.config.model_dump(mode="json")
+
+    def describe(self) -> str:
+        """Short description for logs: the name and the settings that differ from the defaults."""
+        changed = self.config.model_dump(exclude_defaults=True, mode="json")
+        if not changed:
+            return self.name
+        inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"{self.name}({inner})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    @abc.abstractmethod
+    def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+              device: torch.device) -> Engine:
+        """Build an engine for `module` on the input signature that `samples` belong to.
+
+        Raise any exception to reject the candidate; the strategy records it and moves on.
+        """

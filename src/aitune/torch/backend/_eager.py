@@ -1,0 +1,36 @@
+"""TorchEagerBackend: the module itself, run eagerly. The reference every candidate is measured against,
+and a candidate of its own (e.g. for `OneBackendStrategy` when a user wants recording without compiling)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from aitune.torch._samples import Sample, SignatureRecord
+from aitune.torch.backend._base import Backend, BackendConfig, Engine
+
+
+class TorchEagerBackendConfig(BackendConfig):
+    """TorchEagerBackend has no settings."""
+
+
+class _EagerEngine(Engine):
+    def __init__(self, module: torch.nn.Module) -> None:
+        self._module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The original __call__ keeps the module's hooks and bypasses aitune's patch.
+        return torch.nn.Module._wrapped_call_impl(self._module, *args, **kwargs)
+
+
+class TorchEagerBackend(Backend):
+    """Runs the module unchanged."""
+
+    config_class = TorchEagerBackendConfig
+    kind = "jit"
+
+    def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+              device: torch.device) -> Engine:
+        return _EagerEngine(module)

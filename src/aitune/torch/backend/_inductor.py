@@ -1,0 +1,96 @@
+"""TorchInductorJitBackend: `torch.compile` with the Inductor compiler.
+
+The compiled function reads the module's live parameters, so in-place weight updates keep flowing through it;
+torch.compile's own guards recompile on parameter replacement. Every recorded shape is run during the build,
+so automatic-dynamic recompiles happen while tuning rather than on a user's call.
+Known limit: with mode="reduce-overhead" (CUDA graphs) outputs live in graph-owned memory; the engine returns
+copies so a caller keeping an earlier output never sees it overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from aitune.torch import _tree
+from aitune.torch._samples import Sample, SignatureRecord
+from aitune.torch.backend._base import Backend, BackendConfig, Engine
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TorchInductorJitBackendConfig(BackendConfig):
+    """Settings of `torch.compile(backend="inductor")`; see torch.compile's documentation."""
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = Field(
+        default=None, description="torch.compile mode; None is torch's default.")
+    fullgraph: bool = Field(default=False, description="Fail the candidate on any graph break.")
+    dynamic: bool | None = Field(
+        default=None, description="True: dynamic shapes from the start; False: static; None: automatic.")
+    options: dict[str, Any] | None = Field(
+        default=None, description="Inductor config options (torch.compile's `options`); exclusive with mode.")
+    autocast_enabled: bool = Field(default=False, description="Run the engine under torch.autocast.")
+    autocast_dtype: Literal["float16", "bfloat16"] | None = Field(
+        default=None, description="Autocast dtype (default: float16 on CUDA, bfloat16 on CPU).")
+
+    @model_validator(mode="after")
+    def _mode_xor_options(self) -> TorchInductorJitBackendConfig:
+        if self.mode is not None and self.options:
+            raise ValueError("torch.compile accepts either `mode` or `options`, not both")
+        return self
+
+
+class _CompiledEngine(Engine):
+    def __init__(self, compiled: Any, *, copy_outputs: bool, autocast: torch.autocast | None,
+                 compute_dtype: torch.dtype | None) -> None:
+        self._compiled = compiled
+        self._copy_outputs = copy_outputs
+        self._autocast = autocast
+        self.compute_dtype = compute_dtype
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._autocast if self._autocast is not None else contextlib.nullcontext():
+            out = self._compiled(*args, **kwargs)
+        if self._copy_outputs:
+            out = _tree.clone(out)
+        return out
+
+
+class TorchInductorJitBackend(Backend):
+    """torch.compile with TorchInductor."""
+
+    config_class = TorchInductorJitBackendConfig
+    kind = "jit"
+
+    config: TorchInductorJitBackendConfig
+
+    def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+              device: torch.device) -> Engine:
+        cfg = self.config
+        kwargs: dict[str, Any] = {"backend": "inductor", "fullgraph": cfg.fullgraph, "dynamic": cfg.dynamic}
+        if cfg.mode is not None:
+            kwargs["mode"] = cfg.mode
+        if cfg.options:
+            kwargs["options"] = dict(cfg.options)
+        # Compile _call_impl (as nn.Module.compile does): forward hooks still run, and a frame that falls back
+        # to Python never re-enters the patched __call__ of this module.
+        compiled = torch.compile(module._call_impl, **kwargs)
+        autocast = None
+        compute_dtype = None
+        if cfg.autocast_enabled:
+            dtype = _DTYPES[cfg.autocast_dtype] if cfg.autocast_dtype else (
+                torch.float16 if device.type == "cuda" else torch.bfloat16)
+            autocast = torch.autocast(device_type=device.type, dtype=dtype)
+            compute_dtype = dtype
+        uses_cudagraphs = device.type == "cuda" and (
+            cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
+        engine = _CompiledEngine(compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
+                                 compute_dtype=compute_dtype)
+        # Compile now, for every distinct recorded shape, so no compile is left for a user's call.
+        for sample in samples:
+            engine(*sample.args, **sample.kwargs)
+        return engine

@@ -1,0 +1,9 @@
+"""Zero-code JIT tuning.
+
+Enable with `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, or `import aitune.torch.jit.enable`.
+Settings: `aitune.torch.jit.config.config`. Deferred tuning: `aitune.torch.jit.tune.deferred()`.
+"""
+
+from aitune.torch.jit._lifecycle import disable_jit_tuning, enable_jit_tuning, is_enabled
+
+__all__ = ["disable_jit_tuning", "enable_jit_tuning", "is_enabled"]

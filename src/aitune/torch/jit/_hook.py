@@ -1,0 +1,107 @@
+"""Installing and removing the patch of `torch.nn.Module.__call__`.
+
+The replacement's first statement hands off to the original while Dynamo traces (so compiled graphs never see
+aitune), then one dict lookup decides: a module that is untracked, pending, detached, eager or skipped runs the
+module's own `_call_impl` directly (what the original `__call__` does when the module was not compiled with
+`Module.compile()`); anything else takes the slow path in `_runtime`.
+
+Also patched, reversibly: `Module.load_state_dict` and `Module._apply` (weights reloaded, moved or cast) and
+the module registration hooks (parameters or submodules replaced), which bump an epoch so tuned modules
+re-check their weights on their next call; and an optimizer step hook for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.compiler import is_dynamo_compiling
+
+from aitune.torch.jit import _runtime, _tracker
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_saved: dict[str, Any] = {}
+_handles: list[Any] = []
+_states_get = _tracker.STATES.get
+_handle_call = _runtime.handle_call
+_EPOCH = _runtime.EPOCH
+
+
+def _aitune_call(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    if is_dynamo_compiling():
+        return torch.nn.Module._wrapped_call_impl(self, *args, **kwargs)
+    st = _states_get(id(self))
+    if st is not None and st.passthrough:
+        if self._compiled_call_impl is None:
+            return self._call_impl(*args, **kwargs)
+        return self._compiled_call_impl(*args, **kwargs)
+    return _handle_call(self, st, args, kwargs)
+
+
+def _bump(*_: Any, **__: Any) -> None:
+    _EPOCH[0] += 1
+
+
+def _bumping(original: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _EPOCH[0] += 1
+
+    wrapper.__name__ = original.__name__
+    wrapper.__qualname__ = original.__qualname__
+    wrapper.__doc__ = original.__doc__
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    return wrapper
+
+
+_PATCHED_METHODS = ("load_state_dict", "_apply")
+
+
+def is_installed() -> bool:
+    return "__call__" in _saved
+
+
+def install() -> bool:
+    """Patch torch. Idempotent; returns False when it was already installed."""
+    with _lock:
+        if is_installed():
+            return False
+        Module = torch.nn.Module
+        _saved["__call__"] = Module.__dict__["__call__"]
+        for name in _PATCHED_METHODS:
+            original = Module.__dict__[name]
+            _saved[name] = original
+            setattr(Module, name, _bumping(original))
+        from torch.nn.modules import module as module_mod
+
+        _handles.append(module_mod.register_module_parameter_registration_hook(_bump))
+        _handles.append(module_mod.register_module_buffer_registration_hook(_bump))
+        _handles.append(module_mod.register_module_module_registration_hook(_bump))
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _handles.append(register_optimizer_step_post_hook(_bump))
+        Module.__call__ = _aitune_call  # type: ignore[method-assign]
+        logger.debug("patched torch.nn.Module.__call__")
+        return True
+
+
+def uninstall() -> bool:
+    """Restore the exact original attributes. Idempotent; returns False when nothing was installed."""
+    with _lock:
+        if not is_installed():
+            return False
+        Module = torch.nn.Module
+        Module.__call__ = _saved.pop("__call__")  # type: ignore[method-assign]
+        for name in _PATCHED_METHODS:
+            setattr(Module, name, _saved.pop(name))
+        while _handles:
+            _handles.pop().remove()
+        logger.debug("restored torch.nn.Module.__call__")
+        return True

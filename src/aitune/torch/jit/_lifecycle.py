@@ -1,0 +1,80 @@
+"""Turning JIT tuning on and off: settings, logging, the patch, and the report at exit."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sys
+import threading
+
+from aitune.torch.jit import _hook, _report, _tracker, _tuner
+from aitune.torch.jit._settings import SETTINGS
+
+logger = logging.getLogger("aitune")
+
+_lock = threading.Lock()
+_state = {"atexit": False, "handler": None}
+
+
+def _setup_logging(level_name: str) -> None:
+    """JIT mode is the application's entry point for aitune, so it owns a stderr handler on our logger."""
+    handler = _state["handler"]
+    if handler is not None:
+        logger.removeHandler(handler)  # type: ignore[arg-type]
+        _state["handler"] = None
+    name = level_name.upper()
+    if name == "OFF":
+        logger.setLevel(logging.CRITICAL + 1)
+        return
+    logger.setLevel(getattr(logging, name, logging.INFO))
+    if not logging.getLogger().handlers:
+        new = logging.StreamHandler(sys.stderr)
+        new.setFormatter(logging.Formatter("[aitune] %(message)s"))
+        logger.addHandler(new)
+        logger.propagate = False
+        _state["handler"] = new
+
+
+def _write_report_quietly() -> None:
+    try:
+        _report.write_report()
+    except Exception:
+        logging.getLogger(__name__).debug("writing the report failed", exc_info=True)
+
+
+def enable_jit_tuning() -> bool:
+    """Load the settings (env vars, AITUNE_JIT_CONFIG file) and patch torch. Idempotent.
+
+    Raises ConfigError for a bad setting. Returns False when it was already enabled.
+    """
+    from aitune.torch.jit.config import config, load_jit_config
+
+    with _lock:
+        if _hook.is_installed():
+            return False
+        load_jit_config()
+        _setup_logging(str(config.log_level))
+        _hook.install()
+        if not _state["atexit"]:
+            atexit.register(_report.at_exit)
+            _state["atexit"] = True
+        if _write_report_quietly not in _tuner.DECISION_LISTENERS:
+            _tuner.DECISION_LISTENERS.append(_write_report_quietly)
+    backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"
+    logger.info("JIT tuning enabled (mode %s, backends: %s)", SETTINGS.mode, backends)
+    return True
+
+
+def disable_jit_tuning() -> bool:
+    """Restore the original torch.nn.Module.__call__ exactly and drop every engine. Idempotent."""
+    with _lock:
+        if not _hook.uninstall():
+            return False
+        _write_report_quietly()
+        _tracker.reset()
+    logger.info("JIT tuning disabled; torch.nn.Module.__call__ restored")
+    return True
+
+
+def is_enabled() -> bool:
+    return _hook.is_installed()

@@ -1,0 +1,219 @@
+"""Tuning strategies: given a module, its recorded samples and candidate backends, pick an engine or none.
+
+The shared step, `evaluate`, builds one candidate, checks it against the recorded eager outputs on every
+sample (outputs and in-place input changes) and times it. Strategies differ only in which candidates they
+try and how they choose.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aitune.torch import _tree
+from aitune.torch._checking import compare_outputs, same_values
+from aitune.torch._errors import TuningError
+from aitune.torch._samples import Sample, SignatureRecord
+from aitune.torch._timing import measure_latency_ms
+from aitune.torch.backend._base import Backend, Engine
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between "still building" progress lines.
+PROGRESS_INTERVAL_S = 10.0
+
+
+@dataclass
+class TuneJob:
+    """Everything a strategy needs to tune one module on one input signature."""
+
+    module: torch.nn.Module
+    name: str
+    signature: SignatureRecord
+    samples: Sequence[Sample]
+    device: torch.device
+    backends: Sequence[Backend]
+    tolerances: dict[str, tuple[float, float]]
+    min_speedup: float = 1.05
+    warmup: int = 3
+    iterations: int = 20
+    max_seconds: float = 2.0
+    strict: bool = False
+    progress: bool = True
+    _eager_ms: float | None = field(default=None, repr=False)
+
+    def timing_sample(self) -> Sample:
+        """The sample whose shapes were seen most often."""
+        common = self.signature.most_common_shapes
+        for s in self.samples:
+            if tuple(tuple(t.shape) for t in _tree.tensors(_named(s))) == common:
+                return s
+        return self.samples[0]
+
+    def time(self, fn: Callable[..., Any]) -> float:
+        s = self.timing_sample()
+        args, kwargs = _tree.clone((s.args, s.kwargs))
+        with torch.no_grad() if not torch.is_grad_enabled() else _nullcontext():
+            return measure_latency_ms(fn, args, kwargs, self.device, warmup=self.warmup,
+                                      iterations=self.iterations, max_seconds=self.max_seconds)
+
+    def eager_latency_ms(self) -> float:
+        if self._eager_ms is None:
+            module = self.module
+            self._eager_ms = self.time(lambda *a, **k: torch.nn.Module._wrapped_call_impl(module, *a, **k))
+        return self._eager_ms
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _named(sample: Sample) -> dict[str, Any]:
+    return {"args": sample.args, "kwargs": sample.kwargs}
+
+
+@dataclass
+class CandidateResult:
+    """One backend's outcome on one signature (reported under `candidates`)."""
+
+    backend: str
+    ok: bool
+    latency_ms: float | None = None
+    max_abs_error: float | None = None
+    error: str | None = None
+    build_s: float | None = None
+    engine: Engine | None = field(default=None, repr=False)
+    backend_obj: Backend | None = field(default=None, repr=False)
+
+    def to_report(self) -> dict[str, Any]:
+        return {"backend": self.backend, "ok": self.ok, "latency_ms": _round(self.latency_ms),
+                "max_abs_error": self.max_abs_error, "error": self.error, "build_s": _round(self.build_s)}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+@dataclass
+class TuneOutcome:
+    """A strategy's decision. `winner` is None when the module should stay eager."""
+
+    winner: CandidateResult | None
+    candidates: list[CandidateResult]
+    eager_latency_ms: float | None
+    reason: str | None = None
+
+
+class _Heartbeat:
+    """Logs a progress line every few seconds while a long build runs."""
+
+    def __init__(self, what: str, enabled: bool) -> None:
+        self._what = what
+        self._enabled = enabled
+        self._stop = threading.Event()
+        self._start = time.perf_counter()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self._enabled:
+            self._thread = threading.Thread(target=self._run, name="aitune-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            logger.info("  ... still building %s (%.0f s)", self._what, time.perf_counter() - self._start)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _error_text(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:500]
+
+
+def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> CandidateResult:
+    """Build `backend` for the job, check it on every sample, and time it. Never raises unless strict."""
+    desc = backend.describe()
+    reason = backend.unavailable_reason() or backend.unsupported_reason(job.device)
+    if reason is not None:
+        logger.info("  %s: skipped (%s)", desc, reason)
+        return CandidateResult(desc, ok=False, error=reason, backend_obj=backend)
+    start = time.perf_counter()
+    try:
+        with _Heartbeat(f"{job.name} with {desc}", job.progress):
+            engine = backend.build(job.module, job.signature, job.samples, job.device)
+    except Exception as e:
+        logger.info("  %s: build failed: %s", desc, _error_text(e))
+        logger.debug("build failure detail:\n%s", traceback.format_exc())
+        if job.strict:
+            raise TuningError(f"{desc} failed to build {job.name}: {_error_text(e)}", module_name=job.name,
+                              backend=desc) from e
+        return CandidateResult(desc, ok=False, error=f"build: {_error_text(e)}", backend_obj=backend,
+                               build_s=time.perf_counter() - start)
+    build_s = time.perf_counter() - start
+    result = CandidateResult(desc, ok=False, build_s=build_s, engine=engine, backend_obj=backend)
+    try:
+        worst = 0.0
+        compute_dtype = getattr(engine, "compute_dtype", None)
+        for i, sample in enumerate(job.samples):
+            args, kwargs = _tree.clone((sample.args, sample.kwargs))
+            out = engine(*args, **kwargs)
+            check = compare_outputs(sample.outputs, out, job.tolerances, compute_dtype)
+            if not check.ok:
+                result.error = f"sample {i}: {check.reason}"
+                break
+            expected_inputs = sample.inputs_after or (sample.args, sample.kwargs)
+            if not same_values(expected_inputs, (args, kwargs)):
+                result.error = f"sample {i}: changes its inputs in place differently from eager"
+                break
+            worst = max(worst, check.max_abs_error)
+        else:
+            result.max_abs_error = worst
+            if measure:
+                result.latency_ms = job.time(engine)
+            result.ok = True
+    except Exception as e:
+        logger.debug("check failure detail:\n%s", traceback.format_exc())
+        if job.strict:
+            raise TuningError(f"{desc} failed while running {job.name}: {_error_text(e)}", module_name=job.name,
+                              backend=desc) from e
+        result.error = f"run: {_error_text(e)}"
+    if result.ok:
+        lat = f"{result.latency_ms:.3f} ms" if result.latency_ms is not None else "not timed"
+        logger.info("  %s: ok, %s, max abs error %.2g, built in %.1f s", desc, lat, result.max_abs_error or 0.0,
+                    build_s)
+    else:
+        logger.info("  %s: rejected (%s)", desc, result.error)
+        if result.engine is not None:
+            result.engine.release()
+            result.engine = None
+    return result
+
+
+class TuneStrategy(abc.ABC):
+    """Base of every strategy. `backends` None means: the candidates configured for JIT mode."""
+
+    def __init__(self, backends: Sequence[Backend] | None = None) -> None:
+        self.backends = list(backends) if backends is not None else None
+
+    @abc.abstractmethod
+    def tune(self, job: TuneJob) -> TuneOutcome:
+        """Try the job's backends and decide."""
+
+    def describe(self) -> str:
+        return type(self).__name__
