@@ -10,7 +10,9 @@ copies so a caller keeping an earlier output never sees it overwritten.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import itertools
+import types
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -21,6 +23,23 @@ from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_entry_ids = itertools.count()
+
+
+def entry_point(module: torch.nn.Module) -> Callable[..., Any]:
+    """A function calling `module._call_impl` whose code object belongs to this engine alone.
+
+    Dynamo keys its compiled-code cache and its recompile limit on the code object of the frame it compiles.
+    Compiling `module._call_impl` directly would share one code object (nn.Module's) across every module
+    aitune tunes, and the ninth module would silently run uncompiled. Forward hooks still run.
+    """
+    call_impl = module._call_impl
+
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        return call_impl(*args, **kwargs)
+
+    code = entry.__code__.replace(co_name=f"aitune_{type(module).__name__}_{next(_entry_ids)}")
+    return types.FunctionType(code, entry.__globals__, code.co_name, None, entry.__closure__)
 
 
 class TorchInductorJitBackendConfig(BackendConfig):
@@ -76,9 +95,9 @@ class TorchInductorJitBackend(Backend):
             kwargs["mode"] = cfg.mode
         if cfg.options:
             kwargs["options"] = dict(cfg.options)
-        # Compile _call_impl (as nn.Module.compile does): forward hooks still run, and a frame that falls back
-        # to Python never re-enters the patched __call__ of this module.
-        compiled = torch.compile(module._call_impl, **kwargs)
+        # Compile the module's _call_impl (as nn.Module.compile does): forward hooks still run, and a frame
+        # that falls back to Python never re-enters the patched __call__ of this module.
+        compiled = torch.compile(entry_point(module), **kwargs)
         autocast = None
         compute_dtype = None
         if cfg.autocast_enabled:

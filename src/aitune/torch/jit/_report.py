@@ -129,10 +129,18 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _hook_installed() -> bool:
+    from aitune.torch.jit import _hook
+
+    return _hook.is_installed()
+
+
 def at_exit() -> None:
     """Write the report and print the summary; never raises (the interpreter is shutting down)."""
     try:
         report = build_report()
+        if not report["modules"] and not _hook_installed():
+            return  # disabled before exit, nothing to say
         path = SETTINGS.report
         if path is not None:
             write_report(path)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs aitune and its test dependencies into the current Python environment.
+# torch is pinned first when missing: a bare `torch` requirement would pull a multi-GB CUDA build on a machine
+# without a GPU. Where torch is already installed (a GPU machine), it is left as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        "$PY" -m pip install -q "torch>=2.11"
+    else
+        "$PY" -m pip install -q "torch==2.13.0"
+    fi
+fi
+"$PY" -m pip install -q -e ".[test]"

@@ -1,0 +1,73 @@
+"""Small models and a backend at the seam, for unit tests of aitune's own logic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from aitune.torch._samples import Sample, SignatureRecord
+from aitune.torch.backend import Backend, BackendConfig, Engine
+
+
+class Block(torch.nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width)
+        self.act = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x)) + x
+
+
+class Net(torch.nn.Module):
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([Block(width) for _ in range(depth)])
+        self.head = torch.nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x) * scale
+
+
+class FakeConfig(BackendConfig):
+    latency_ms: float = Field(default=0.0, description="sleep per call, to order candidates by speed")
+    error: float = Field(default=0.0, description="added to every output")
+    fail_build: bool = False
+    fail_run: bool = False
+
+
+class _FakeEngine(Engine):
+    def __init__(self, module: torch.nn.Module, cfg: FakeConfig, calls: list[str]) -> None:
+        self.module = module
+        self.cfg = cfg
+        self.calls = calls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(type(self.module).__name__)
+        if self.cfg.latency_ms:
+            time.sleep(self.cfg.latency_ms / 1000)
+        if self.cfg.fail_run:
+            raise RuntimeError("engine exploded")
+        out = torch.nn.Module._wrapped_call_impl(self.module, *args, **kwargs)
+        return out + self.cfg.error if self.cfg.error else out
+
+
+class FakeBackend(Backend):
+    """Runs the module eagerly (plus an optional error) and counts engine calls; timing is faked."""
+
+    config_class = FakeConfig
+    calls: ClassVar[list[str]] = []
+    builds: ClassVar[list[str]] = []
+
+    def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+              device: torch.device) -> Engine:
+        FakeBackend.builds.append(type(module).__name__)
+        if self.config.fail_build:  # type: ignore[attr-defined]
+            raise RuntimeError("cannot build this")
+        return _FakeEngine(module, self.config, FakeBackend.calls)  # type: ignore[arg-type]

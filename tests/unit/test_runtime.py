@@ -1,0 +1,357 @@
+"""Discovery, recording, routing, invalidation and fail-open behaviour of the call path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from aitune.torch._errors import TuningError
+from aitune.torch.config import config as global_config
+from aitune.torch.jit import _report, _runtime, _tracker, enable_jit_tuning
+from aitune.torch.jit.config import config as jit_config
+
+from .helpers import FakeBackend, Net
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    FakeBackend.calls.clear()
+    FakeBackend.builds.clear()
+    jit_config.backends = [FakeBackend()]
+    jit_config.min_samples = 2
+    global_config.min_speedup = 0.01
+    global_config.timing_iterations = 2
+    global_config.timing_warmup = 0
+    yield
+
+
+def state(module: torch.nn.Module) -> _tracker.ModuleState:
+    return _tracker.STATES[id(module)]
+
+
+def eager(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.Tensor:
+    return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
+
+
+def test_top_module_is_tuned_and_routed(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(net(x), eager(net, x))
+        assert state(net).report_state() == "tuned"
+        FakeBackend.calls.clear()
+        torch.testing.assert_close(net(x + 1), eager(net, x + 1))
+    assert FakeBackend.calls == ["Net"]
+    # Children are inside the engine now.
+    assert {s.status for s in state(net).descendants()} == {"detached"}
+    names = sorted(s.name for s in _tracker.tracked_states())
+    assert "Net.blocks.0" in names and "Net.blocks.0.fc" in names and "Net.head" in names
+
+
+def test_positional_and_keyword_calls_share_a_signature(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.min_samples = 3
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x=x)
+        net(x, scale=1.0)
+        net(x, 1.0)
+    sigs = state(net).signatures
+    # scale=1.0 passed explicitly is a different (plain value) signature from leaving the default.
+    assert sorted(s.calls for s in sigs.values()) == [2, 2]
+
+
+def test_new_dtype_rank_or_value_is_a_new_signature_and_runs_eagerly(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        FakeBackend.calls.clear()
+        out = net(x, scale=2.0)
+        torch.testing.assert_close(out, eager(net, x, scale=2.0))
+        net.double()
+        out64 = net(x.double())
+    assert FakeBackend.calls == []
+    assert out64.dtype == torch.float64
+    assert len(state(net).signatures) == 3
+
+
+def test_shapes_outside_the_recorded_range_run_eagerly(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    with torch.no_grad():
+        net(torch.randn(2, 16))
+        net(torch.randn(6, 16))
+        FakeBackend.calls.clear()
+        net(torch.randn(4, 16))  # inside [2, 6]
+        assert FakeBackend.calls == ["Net"]
+        big = torch.randn(9, 16)
+        torch.testing.assert_close(net(big), eager(net, big))
+    assert FakeBackend.calls == ["Net"]
+    sig = next(iter(state(net).signatures.values()))
+    assert sig.min_shapes == [[2, 16]] and sig.max_shapes == [[9, 16]] or sig.out_of_range_calls == 1
+
+
+def test_samples_are_copies_and_capped(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.min_samples = 10
+    global_config.max_num_samples_stored = 2
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(4):
+            net(x)
+            x.add_(100.0)  # the user edits the input in place after the call
+    sig = next(iter(state(net).signatures.values()))
+    assert len(sig.samples) == 2 and sig.calls == 4
+    assert float(sig.samples[0].args[0].abs().max()) < 50
+
+
+def test_byte_cap_stops_storing_samples(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.min_samples = 10
+    global_config.max_samples_bytes = 100
+    net = Net().eval()
+    with torch.no_grad():
+        net(torch.randn(4, 16))
+    assert all(not s.samples for s in state(net).signatures.values())
+
+
+def test_training_mode_is_not_recorded_nor_routed(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net()
+    x = torch.randn(4, 16)
+    for _ in range(3):
+        net(x).sum().backward()
+    assert not state(net).signatures
+    net.eval()
+    with torch.no_grad():
+        net(x)
+        net(x)
+    net.train()
+    FakeBackend.calls.clear()
+    out = net(x)
+    assert out.requires_grad and FakeBackend.calls == []
+
+
+def test_failed_top_module_hands_over_to_children(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.backends = [FakeBackend(error=1.0)]  # wrong outputs: always rejected
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        st = state(net)
+        assert st.status == "failed" and "sample 0" in (st.reason or "")
+        children = {c.name: c.status for c in st.children}
+        assert children == {"Net.blocks.0": "active", "Net.blocks.1": "active", "Net.head": "active"}
+        # Grandchildren wait below the depth limit / for their parent's outcome.
+        assert {g.status for c in st.children for g in c.children} <= {"pending"}
+        torch.testing.assert_close(net(x), eager(net, x))
+
+
+def test_skip_min_parameters_and_depth_limits(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.skip_modules = ["Net"]
+    jit_config.min_parameters = 300
+    jit_config.max_depth_level = 1
+    net = Net().eval()
+    with torch.no_grad():
+        net(torch.randn(4, 16))
+    st = state(net)
+    assert st.status == "skipped"
+    by_name = {c.name: c.status for c in st.children}
+    assert by_name["Net.head"] == "eager"  # 68 parameters < 300
+    assert by_name["Net.blocks.0"] == "active"
+    assert all(g.status == "pending" for c in st.children for g in c.children)  # depth 2 > 1
+
+
+def test_excluded_packages_are_untracked(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.exclude_packages = ["torch.nn"]
+    lin = torch.nn.Linear(4, 4).eval()
+    with torch.no_grad():
+        lin(torch.randn(2, 4))
+    assert state(lin).status == "untracked"
+    assert not _tracker.tracked_states()
+
+
+def test_load_state_dict_after_tuning_follows_new_weights(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    other = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        assert state(net).report_state() == "tuned"
+        net.load_state_dict(other.state_dict())
+        torch.testing.assert_close(net(x), eager(other, x))
+        net.head.weight.mul_(2)  # in place, outside any torch API that aitune hooks
+        torch.testing.assert_close(net(x), eager(net, x))
+
+
+def test_baked_engine_is_dropped_when_weights_change(fake: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .helpers import _FakeEngine
+
+    monkeypatch.setattr(_FakeEngine, "bakes_weights", True)
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        assert state(net).report_state() == "tuned"
+        net.head.weight.mul_(2)
+        FakeBackend.calls.clear()
+        torch.testing.assert_close(net(x), eager(net, x))
+    assert FakeBackend.calls == []  # stale engine not served
+    assert state(net).report_state() == "recording"
+
+
+def test_module_replaced_parameter_or_moved_invalidates(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        assert state(net).report_state() == "tuned"
+        net.head.weight = torch.nn.Parameter(torch.zeros(4, 16))
+        torch.testing.assert_close(net(x), eager(net, x))
+    assert state(net).report_state() == "recording"
+
+
+def test_engine_failure_at_run_time_falls_back_to_eager(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+        sig = next(iter(state(net).signatures.values()))
+        sig.engine.cfg = sig.engine.cfg.model_copy(update={"fail_run": True})
+        with caplog.at_level(logging.WARNING, logger="aitune"):
+            torch.testing.assert_close(net(x), eager(net, x))
+    assert "engine" in caplog.text and "AITUNE_STRICT" in caplog.text
+    assert sig.status == "eager"
+
+
+def test_hook_failure_runs_eagerly_and_strict_raises(fake: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+
+    def broken(*_: object) -> object:
+        raise RuntimeError("bug in aitune")
+
+    monkeypatch.setattr(_runtime, "signature_key", broken)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), eager(net, x))
+        global_config.strict = True
+        with pytest.raises(RuntimeError, match="bug in aitune"):
+            net(x)
+
+
+def test_user_errors_propagate_unchanged(fake: None) -> None:
+    enable_jit_tuning()
+    net = Net().eval()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="mat1 and mat2"):
+        net(torch.randn(4, 7))
+
+
+def test_build_failure_strict_mode_raises_tuning_error(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.backends = [FakeBackend(fail_build=True)]
+    global_config.strict = True
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        with pytest.raises(TuningError, match="cannot build this"):
+            net(x)
+
+
+def test_threads_get_correct_outputs_while_tuning(fake: None) -> None:
+    enable_jit_tuning()
+    jit_config.min_samples = 3
+    net = Net().eval()
+    inputs = [torch.randn(4, 16) for _ in range(4)]
+    expected = [eager(net, x) for x in inputs]
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    torch.testing.assert_close(net(inputs[i]), expected[i])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert state(net).report_state() == "tuned"
+    assert FakeBackend.builds.count("Net") == 1
+
+
+def test_deferred_mode_tunes_on_request_top_down(fake: None) -> None:
+    from aitune.torch.jit import tune
+    from aitune.torch.jit.config import JITMode
+
+    jit_config.mode = JITMode.TUNE_DEFERRED
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+        assert state(net).report_state() == "recording"
+        # Children record at the same time, so they are ready if the parent stays eager.
+        assert state(net.blocks[0]).status == "active"
+        assert tune.deferred() == 1
+        assert state(net).report_state() == "tuned"
+        assert state(net.blocks[0]).status == "detached"
+
+
+def test_inspect_mode_records_only(fake: None) -> None:
+    from aitune.torch.jit.config import JITMode
+
+    jit_config.mode = JITMode.INSPECT
+    enable_jit_tuning()
+    net = Net().eval()
+    with torch.no_grad():
+        for _ in range(5):
+            net(torch.randn(4, 16))
+    assert FakeBackend.builds == []
+    report = _report.build_report()
+    states = {m["name"]: m["state"] for m in report["modules"]}
+    assert states["Net"] == "recording" and states["Net.blocks.0"] == "recording"
+
+
+def test_collected_modules_leave_the_table(fake: None) -> None:
+    import gc
+
+    enable_jit_tuning()
+    net = Net().eval()
+    with torch.no_grad():
+        net(torch.randn(4, 16))
+    key = id(net)
+    assert key in _tracker.STATES
+    del net
+    gc.collect()
+    assert key not in _tracker.STATES
