@@ -28,10 +28,6 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _tracker.reset()
     _runtime._warned.clear()
     _runtime._sample_bytes[0] = 0
-    from aitune.torch.config import config as global_config
-    from aitune.torch.jit.config import config as jit_config
+    from aitune.torch._settings_sources import reset_settings
 
-    for cfg in (global_config, jit_config):
-        for name, field in type(cfg).model_fields.items():
-            object.__setattr__(cfg, name, field.get_default(call_default_factory=True))
-        cfg.__pydantic_fields_set__.clear()
+    reset_settings()

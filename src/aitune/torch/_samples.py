@@ -88,6 +88,8 @@ class SignatureRecord:
     #: Calls routed to the engine, and calls that ran eagerly because their shapes were out of range.
     engine_calls: int = 0
     out_of_range_calls: int = 0
+    #: The shape range the engine was built and checked for (a snapshot; the observed range keeps growing).
+    engine_range: tuple[list[list[int]], list[list[int]]] | None = None
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -113,12 +115,27 @@ class SignatureRecord:
                 if size > hi[i]:
                     hi[i] = size
 
+    def freeze_engine_range(self, samples: Sequence[Sample]) -> None:
+        """Remember the range the engine was checked on: that of the samples it was built from."""
+        mins: list[list[int]] = []
+        maxs: list[list[int]] = []
+        for sample in samples:
+            for i, t in enumerate(_tree.tensors({"args": sample.args, "kwargs": sample.kwargs})):
+                if i == len(mins):
+                    mins.append(list(t.shape))
+                    maxs.append(list(t.shape))
+                else:
+                    mins[i] = [min(a, b) for a, b in zip(mins[i], t.shape)]
+                    maxs[i] = [max(a, b) for a, b in zip(maxs[i], t.shape)]
+        self.engine_range = (mins, maxs)
+
+    def in_engine_range(self, named: tuple[tuple[str, Any], ...]) -> bool:
+        if self.engine_range is None:
+            return False
+        return _within(self.engine_range[0], self.engine_range[1], named)
+
     def in_range(self, named: tuple[tuple[str, Any], ...]) -> bool:
-        for lo, hi, t in zip(self.min_shapes, self.max_shapes, _tree.tensors(dict(named))):
-            for i, size in enumerate(t.shape):
-                if size < lo[i] or size > hi[i]:
-                    return False
-        return True
+        return _within(self.min_shapes, self.max_shapes, named)
 
     @property
     def most_common_shapes(self) -> tuple[tuple[int, ...], ...] | None:
@@ -134,8 +151,12 @@ class SignatureRecord:
 
     def to_report(self) -> dict[str, Any]:
         inputs = []
-        for desc, lo, hi in zip(self.description, self.min_shapes, self.max_shapes):
-            inputs.append({**desc, "min_shape": list(lo), "max_shape": list(hi)})
+        for i, (desc, lo, hi) in enumerate(zip(self.description, self.min_shapes, self.max_shapes)):
+            entry = {**desc, "min_shape": list(lo), "max_shape": list(hi)}
+            if self.engine_range is not None and i < len(self.engine_range[0]):
+                entry["engine_min_shape"] = self.engine_range[0][i]
+                entry["engine_max_shape"] = self.engine_range[1][i]
+            inputs.append(entry)
         return {"status": self.status, "backend": self.backend, "reason": self.reason, "calls": self.calls,
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
@@ -144,6 +165,14 @@ class SignatureRecord:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
+
+
+def _within(mins: list[list[int]], maxs: list[list[int]], named: tuple[tuple[str, Any], ...]) -> bool:
+    for lo, hi, t in zip(mins, maxs, _tree.tensors(dict(named))):
+        for i, size in enumerate(t.shape):
+            if size < lo[i] or size > hi[i]:
+                return False
+    return True
 
 
 def first_device(samples: Sequence[Sample]) -> torch.device:

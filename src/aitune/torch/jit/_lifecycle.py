@@ -52,6 +52,7 @@ def enable_jit_tuning() -> bool:
     with _lock:
         if _hook.is_installed():
             return False
+        _setup_logging(str(config.log_level))  # so warnings raised while loading are seen
         load_jit_config()
         _setup_logging(str(config.log_level))
         _hook.install()

@@ -69,6 +69,13 @@ def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any
             st = _tracker.discover(module, SETTINGS)
         if st.passthrough:
             return _original_call(module, *args, **kwargs)
+        if st.status != "active":
+            # Decided before its first tracked call (skipped, too small): run once on the call stack so its
+            # children are discovered under it, then pass through for good.
+            try:
+                return _call_tracked(st, module, args, kwargs)
+            finally:
+                st.passthrough = True
         if module.training:
             # Training-mode calls are never recorded or routed; they run exactly as without aitune.
             return _call_tracked(st, module, args, kwargs)
@@ -89,7 +96,7 @@ def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any
             sig.observe(named)
         status = sig.status
         if status == "tuned":
-            if sig.in_range(named) and sig.engine is not None:
+            if sig.engine is not None and sig.in_engine_range(named):
                 return _run_engine(st, sig, module, args, kwargs)
             sig.out_of_range_calls += 1
             if sig.out_of_range_calls == 1:

@@ -68,9 +68,11 @@ class ModuleState:
         self.epoch = -1
         self.tune_seconds = 0.0
 
-    def set_status(self, status: str, reason: str | None = None) -> None:
+    def set_status(self, status: str, reason: str | None = None, *, walk_children: bool = False) -> None:
+        """`walk_children`: pass through only after one call on the call stack, so that the children of a
+        module decided at discovery (skipped, too small) are discovered under it."""
         self.status = status
-        self.passthrough = status in PASSTHROUGH_STATES
+        self.passthrough = status in PASSTHROUGH_STATES and not walk_children
         if reason is not None:
             self.reason = reason
 
@@ -241,14 +243,15 @@ def _consider(st: ModuleState, module: torch.nn.Module | None, settings: Any) ->
         return
     cls = type(module)
     if cls.__name__ in settings.skip_modules or st.qualname in settings.skip_modules:
-        st.set_status("skipped", "in skip_modules")
+        st.set_status("skipped", "in skip_modules", walk_children=not st.children)
         st.decided = True
         logger.info("%s: skipped (in skip_modules)", st.name)
         _activate_children(st, settings)
         return
     n_params = sum(p.numel() for p in module.parameters())
     if n_params < settings.min_parameters:
-        st.set_status("eager", f"{n_params} parameters, fewer than min_parameters={settings.min_parameters}")
+        st.set_status("eager", f"{n_params} parameters, fewer than min_parameters={settings.min_parameters}",
+                      walk_children=not st.children)
         st.decided = True
         _activate_children(st, settings)
         return

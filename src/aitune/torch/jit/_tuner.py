@@ -140,6 +140,7 @@ def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, 
         sig.tuned_latency_ms = winner.latency_ms
         sig.reason = None if winner.backend == sig.backend else winner.backend
         sig.status = "tuned"
+        sig.freeze_engine_range(sig.samples)
         release_samples(sig)
         if module is not None:
             st.param_ids, st.version_sum = _tracker.fingerprint(module)

@@ -1,0 +1,126 @@
+"""Global aitune settings: `aitune.torch.config.config`, env prefix `AITUNE_`.
+
+These apply to every tuning entry point (the JIT hook and the ahead-of-time API): how many samples are kept,
+how candidates are checked and timed, and whether failures raise. Assign fields from code
+(`config.strict = True`); every assignment is validated.
+
+Sources, lowest to highest priority: defaults < the `[global]` table of the TOML override file < `AITUNE_*`
+env vars < the .py override file (`global_config.<field> = ...`) < code. See `aitune.torch._settings_sources`.
+
+Known limits: importing this module reads nothing (so a bad env value never breaks an import);
+`load_global_config()` reads the sources, and the JIT hook calls it at enable time. Tuning code should take
+`config.model_copy()` at its start so that a change mid-tuning does not mix settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from pydantic import ByteSize, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from aitune.torch._settings_sources import TrackedSettings, load_settings, register_scope
+
+#: Default (rtol, atol) per floating dtype; a user's partial mapping is merged over these.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-6, 1e-6),
+    "float32": (1e-3, 1e-3),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 5e-2),
+}
+
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+
+
+def _float_dtype_names() -> list[str]:
+    names = {str(v).removeprefix("torch.") for v in vars(torch).values()
+             if isinstance(v, torch.dtype) and v.is_floating_point}
+    return sorted(names)
+
+
+def _float_dtype_name(key: Any) -> str:
+    """Canonical name of a floating dtype given as "float32", "torch.half", or a torch.dtype."""
+    text = str(key).strip().removeprefix("torch.")
+    dtype = getattr(torch, text, None) if isinstance(key, (str, torch.dtype)) else None
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return str(dtype).removeprefix("torch.")
+    raise ValueError(f"{key!r} is not a floating-point dtype name (known: {', '.join(_float_dtype_names())})")
+
+
+class GlobalConfig(TrackedSettings):
+    """Settings for every tuning entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="AITUNE_")
+    scope_label: ClassVar[str] = "global"
+
+    max_num_samples_stored: int = Field(
+        default=3, ge=1, description="Samples (input and eager output copies) kept per input signature.")
+    max_samples_bytes: int = Field(
+        default=1 << 30, ge=0,
+        description="Cap on the bytes of all recorded samples in the process (inputs and outputs copies).",
+        json_schema_extra={"accepted": "a byte count >= 0: an integer or a size such as 512MiB or 2GB"})
+    strict: bool = Field(
+        default=False, description="Re-raise failures from tuning instead of logging them and running eagerly.")
+    tolerances: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES),
+        description="Per floating dtype name, the (rtol, atol) a candidate's outputs must meet against eager. "
+                    "A partial mapping is merged over the defaults.",
+        json_schema_extra={"accepted": "a mapping of floating dtype name (float32, float16, bfloat16, ...) to "
+                                       "[rtol, atol] with both >= 0; from env a JSON object such as "
+                                       "'{\"float16\": [0.01, 0.01]}'"})
+    timing_warmup: int = Field(default=3, ge=0, description="Untimed calls before measuring a candidate.")
+    timing_iterations: int = Field(default=20, ge=1, description="Timed calls per candidate (the median is used).")
+    timing_max_seconds: float = Field(
+        default=2.0, gt=0, description="Cap on the time spent measuring one candidate; fewer iterations run past it.")
+    min_speedup: float = Field(
+        default=1.05, gt=0.0,
+        description="A candidate must be at least this many times faster than eager to be used "
+                    "(below 1 accepts a slower engine, e.g. to force a backend).")
+
+    @field_validator("max_samples_bytes", mode="before")
+    @classmethod
+    def _parse_bytes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return int(_BYTE_SIZE.validate_python(value.strip()))
+            except ValidationError:
+                raise ValueError(f"cannot read {value!r} as a byte count") from None
+        return value
+
+    @field_validator("tolerances", mode="before")
+    @classmethod
+    def _merge_tolerances(cls, value: Any) -> dict[str, tuple[float, float]]:
+        if not isinstance(value, Mapping):
+            raise ValueError("expected a mapping of dtype name to [rtol, atol]")
+        merged = dict(DEFAULT_TOLERANCES)
+        for key, pair in value.items():
+            name = _float_dtype_name(key)
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"{name}: expected [rtol, atol], got {pair!r}")
+            try:
+                rtol, atol = float(pair[0]), float(pair[1])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: rtol and atol must be numbers, got {pair!r}") from None
+            if not (math.isfinite(rtol) and math.isfinite(atol) and rtol >= 0 and atol >= 0):
+                raise ValueError(f"{name}: rtol and atol must be finite and >= 0, got {pair!r}")
+            merged[name] = (rtol, atol)
+        return merged
+
+
+#: The global settings singleton. Keep a reference freely: loads update it in place.
+config = GlobalConfig()
+register_scope(config, toml_table="global", py_name="global_config")
+
+
+def load_global_config() -> None:
+    """Re-read all sources into `config` (and the JIT settings) in place; fields set from code are kept.
+
+    Raises `aitune.torch._errors.ConfigError` naming the field, its source and what is accepted.
+    """
+    load_settings()
+
+
+__all__ = ["DEFAULT_TOLERANCES", "GlobalConfig", "config", "load_global_config"]
