@@ -66,3 +66,18 @@ def test_same_values_detects_in_place_changes() -> None:
     assert same_values(a, b)
     b[1]["m"][0] = 1
     assert not same_values(a, b)
+
+
+def test_spread_rounding_noise_passes_but_a_wrong_region_fails() -> None:
+    torch.manual_seed(0)
+    ref = torch.randn(1000) * 10
+    noisy = ref + torch.randn(1000) * 0.02  # ~0.2% relative noise everywhere; near-zero elements fail rtol alone
+    tight = {"float32": (1e-2, 1e-3)}
+    res = compare_outputs(ref, noisy, tight)
+    assert res.ok, res.reason
+    wrong = ref.clone()
+    wrong[:50] = 0  # a wrong region: large relative L2 error
+    assert not compare_outputs(ref, wrong, tight).ok
+    spike = ref.clone()
+    spike[3] += 30.0  # one element far off: small L2 error, but an outlier
+    assert not compare_outputs(ref, spike, tight).ok

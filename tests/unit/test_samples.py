@@ -41,12 +41,13 @@ def test_shape_ranges_and_most_common_shape() -> None:
     calls = [norm.normalize((torch.ones(b, 8),), {}) for b in (2, 4, 4, 3)]
     sig = SignatureRecord.from_call(signature_key(calls[0]), calls[0])
     for c in calls:
-        sig.observe(c)
+        sig.observe(_tree.shapes_of(c))
     assert sig.min_shapes == [[2, 8]] and sig.max_shapes == [[4, 8]]
     assert sig.dynamic_dims == [[0]]
     assert sig.most_common_shapes == ((4, 8),)
-    assert sig.in_range(norm.normalize((torch.ones(3, 8),), {}))
-    assert not sig.in_range(norm.normalize((torch.ones(5, 8),), {}))
+    assert sig.in_range(_tree.shapes_of(norm.normalize((torch.ones(3, 8),), {})))
+    assert not sig.in_range(_tree.shapes_of(norm.normalize((torch.ones(5, 8),), {})))
+    assert not sig.in_engine_range(((3, 8),))  # no engine yet
     assert sig.description[0]["name"] == "x"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aitune.torch import _tree
 from aitune.torch._errors import TuningError
 from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord, signature_key
 from aitune.torch.tune_strategy import (
@@ -24,7 +25,7 @@ def make_job(backends: list[FakeBackend], min_speedup: float = 0.01, strict: boo
     x = torch.randn(4, 16)
     named = InputNormalizer(net.forward).normalize((x,), {})
     sig = SignatureRecord.from_call(signature_key(named), named)
-    sig.observe(named)
+    sig.observe(_tree.shapes_of(named))
     with torch.no_grad():
         out = torch.nn.Module._wrapped_call_impl(net, x)
     samples = [Sample((x.clone(),), {}, out)]

@@ -1,8 +1,9 @@
 """Compare a candidate's outputs with the recorded eager outputs.
 
 Rules: same structure (container types, keys, lengths), same tensor dtypes, shapes and devices; floating
-tensors within per-dtype (rtol, atol); other tensors and plain values exactly equal; no NaN or Inf where eager
-had none at that position.
+tensors within per-dtype (rtol, atol) element by element, or, for rounding noise spread over a tensor, within
+rtol in relative L2 error with no outlier element; other tensors and plain values exactly equal; no NaN or Inf
+where eager had none at that position.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any
 import torch
 
 from aitune.torch import _tree
+
+
+#: With the relative-L2 rule, no element may differ by more than this many rtol of the tensor's max magnitude.
+OUTLIER_FACTOR = 10.0
 
 
 @dataclass
@@ -69,11 +74,18 @@ def _compare_tensor(path: str, ref: torch.Tensor, out: Any, tolerances: dict[str
         diff = (o - r).abs()
         err = float(diff.max())
         bound = atol + rtol * r.abs()
-        if not bool((diff <= bound).all()):
-            worst = float((diff - bound).max())
-            raise _Mismatch(f"{path}: max abs error {err:.3g} exceeds tolerance (rtol={rtol:g}, atol={atol:g}) "
-                            f"by {worst:.3g}")
-        return err
+        if bool((diff <= bound).all()):
+            return err
+        # Low-precision rounding differences accumulate through deep networks and spread over the whole tensor.
+        # Accept them when the tensor as a whole is within rtol (relative L2 error) and no single element is
+        # off by more than OUTLIER_FACTOR * rtol of the tensor's largest magnitude: a wrong kernel fails both.
+        scale = float(r.abs().max())
+        rel_l2 = float(torch.linalg.vector_norm(o - r) / max(float(torch.linalg.vector_norm(r)), 1e-30))
+        if rel_l2 <= rtol and err <= atol + OUTLIER_FACTOR * rtol * scale:
+            return err
+        worst = float((diff - bound).max())
+        raise _Mismatch(f"{path}: max abs error {err:.3g} exceeds tolerance (rtol={rtol:g}, atol={atol:g}) by "
+                        f"{worst:.3g}, and relative L2 error {rel_l2:.3g} (limit {rtol:g}) or outlier does too")
     if not torch.equal(out, ref.detach()):
         raise _Mismatch(f"{path}: {ref.dtype} values differ from eager")
     return 0.0

@@ -81,6 +81,8 @@ class SignatureRecord:
     status: str = "recording"
     engine: Any = field(default=None, repr=False)
     backend: str | None = None
+    #: The winner with its settings, e.g. "TorchInductorJitBackend(mode='reduce-overhead')".
+    backend_description: str | None = None
     reason: str | None = None
     eager_latency_ms: float | None = None
     tuned_latency_ms: float | None = None
@@ -103,10 +105,9 @@ class SignatureRecord:
         return cls(key=key, description=description, min_shapes=[list(s) for s in shapes],
                    max_shapes=[list(s) for s in shapes])
 
-    def observe(self, named: tuple[tuple[str, Any], ...]) -> None:
-        """Count a call and widen the shape ranges (the caller holds `lock`)."""
+    def observe(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        """Count a call with these tensor sizes (`_tree.shapes_of`) and widen the ranges (caller holds `lock`)."""
         self.calls += 1
-        shapes = tuple(tuple(t.shape) for t in _tree.tensors(dict(named)))
         self.shape_counts[shapes] = self.shape_counts.get(shapes, 0) + 1
         for lo, hi, shape in zip(self.min_shapes, self.max_shapes, shapes):
             for i, size in enumerate(shape):
@@ -129,13 +130,13 @@ class SignatureRecord:
                     maxs[i] = [max(a, b) for a, b in zip(maxs[i], t.shape)]
         self.engine_range = (mins, maxs)
 
-    def in_engine_range(self, named: tuple[tuple[str, Any], ...]) -> bool:
+    def in_engine_range(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
         if self.engine_range is None:
             return False
-        return _within(self.engine_range[0], self.engine_range[1], named)
+        return _within(self.engine_range[0], self.engine_range[1], shapes)
 
-    def in_range(self, named: tuple[tuple[str, Any], ...]) -> bool:
-        return _within(self.min_shapes, self.max_shapes, named)
+    def in_range(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
+        return _within(self.min_shapes, self.max_shapes, shapes)
 
     @property
     def most_common_shapes(self) -> tuple[tuple[int, ...], ...] | None:
@@ -157,7 +158,8 @@ class SignatureRecord:
                 entry["engine_min_shape"] = self.engine_range[0][i]
                 entry["engine_max_shape"] = self.engine_range[1][i]
             inputs.append(entry)
-        return {"status": self.status, "backend": self.backend, "reason": self.reason, "calls": self.calls,
+        return {"status": self.status, "backend": self.backend, "backend_description": self.backend_description,
+                "reason": self.reason, "calls": self.calls,
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
                 "inputs": inputs, "candidates": self.candidates}
@@ -167,10 +169,10 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def _within(mins: list[list[int]], maxs: list[list[int]], named: tuple[tuple[str, Any], ...]) -> bool:
-    for lo, hi, t in zip(mins, maxs, _tree.tensors(dict(named))):
-        for i, size in enumerate(t.shape):
-            if size < lo[i] or size > hi[i]:
+def _within(mins: list[list[int]], maxs: list[list[int]], shapes: tuple[tuple[int, ...], ...]) -> bool:
+    for lo, hi, shape in zip(mins, maxs, shapes):
+        for a, size, b in zip(lo, shape, hi):
+            if size < a or size > b:
                 return False
     return True
 

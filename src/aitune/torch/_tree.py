@@ -89,6 +89,19 @@ def tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from tensors(child)
 
 
+def shapes_of(named: tuple[tuple[str, Any], ...]) -> tuple[tuple[int, ...], ...]:
+    """Sizes of every tensor leaf of normalized inputs, in `tensors` order (fast for flat inputs)."""
+    out: list[tuple[int, ...]] = []
+    for _, value in named:
+        if isinstance(value, torch.Tensor):
+            out.append(tuple(value.shape))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            continue
+        else:
+            out.extend(tuple(t.shape) for t in tensors(value))
+    return tuple(out)
+
+
 def leaf_paths(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(path, leaf) pairs, paths like `args_0` or `kwargs.attention_mask` depending on the prefix given."""
     kids = children(obj)

@@ -43,6 +43,7 @@ def _module_entry(st: ModuleState) -> dict[str, Any]:
     main = st.tuned_signature() or (max(sigs, key=lambda s: s.calls) if sigs else None)
     state = st.report_state()
     backend = main.backend if main is not None and main.status == "tuned" else None
+    described = main.backend_description if backend is not None and main is not None else None
     reason = st.reason
     if reason is None and main is not None and main.status != "tuned":
         reason = main.reason
@@ -53,6 +54,7 @@ def _module_entry(st: ModuleState) -> dict[str, Any]:
         "class": st.qualname,
         "state": state,
         "backend": backend,
+        "backend_description": described,
         "reason": reason,
         "calls": st.calls,
         "eager_latency_ms": None if eager is None else round(eager, 4),
@@ -117,9 +119,9 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     rows = [header]
     for m in modules:
         speed = f"{m['speedup']:.2f}x" if m.get("speedup") else "-"
-        rows.append((m["name"], m["state"], m["backend"] or "-", str(m["calls"]), _fmt_ms(m["eager_latency_ms"]),
+        rows.append((m["name"], m["state"], m.get("backend_description") or m["backend"] or "-", str(m["calls"]), _fmt_ms(m["eager_latency_ms"]),
                      _fmt_ms(m["tuned_latency_ms"]), speed))
-    widths = [min(max(len(r[i]) for r in rows), 48) for i in range(len(header))]
+    widths = [min(max(len(r[i]) for r in rows), 56) for i in range(len(header))]
     for r in rows:
         cells = [c[: widths[i]].ljust(widths[i]) if i < 3 else c.rjust(widths[i]) for i, c in enumerate(r)]
         lines.append("  " + "  ".join(cells).rstrip())

@@ -92,11 +92,12 @@ def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any
                     st.signatures[key] = sig
                     if len(st.signatures) > 1:
                         logger.info("%s: new input signature #%d", st.name, len(st.signatures))
+        shapes = _tree.shapes_of(named)
         with sig.lock:
-            sig.observe(named)
+            sig.observe(shapes)
         status = sig.status
         if status == "tuned":
-            if sig.engine is not None and sig.in_engine_range(named):
+            if sig.engine is not None and sig.in_engine_range(shapes):
                 return _run_engine(st, sig, module, args, kwargs)
             sig.out_of_range_calls += 1
             if sig.out_of_range_calls == 1:
@@ -135,7 +136,7 @@ def _run_engine(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module, 
     except Exception as e:
         if SETTINGS.strict:
             raise
-        warn_once(f"running the {sig.backend} engine of {st.name}", e)
+        warn_once(f"running the {sig.backend_description} engine of {st.name}", e)
         with LOCK:
             _tracker.drop_engine(sig)
             sig.status = "eager"

@@ -137,8 +137,9 @@ def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, 
         winner = outcome.winner
         sig.engine = winner.engine
         sig.backend = type(winner.backend_obj).__name__ if winner.backend_obj is not None else winner.backend
+        sig.backend_description = winner.backend
         sig.tuned_latency_ms = winner.latency_ms
-        sig.reason = None if winner.backend == sig.backend else winner.backend
+        sig.reason = None
         sig.status = "tuned"
         sig.freeze_engine_range(sig.samples)
         release_samples(sig)
