@@ -355,3 +355,19 @@ def test_collected_modules_leave_the_table(fake: None) -> None:
     del net
     gc.collect()
     assert key not in _tracker.STATES
+
+
+def test_modules_from_torch_load_and_built_before_enabling_are_discovered(fake: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    built_before = Net().eval()
+    path = tmp_path / "net.pt"
+    torch.save(Net().eval(), path)
+    enable_jit_tuning()
+    loaded = torch.load(path, weights_only=False)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        for module in (built_before, loaded):
+            module(x)
+            module(x)
+            torch.testing.assert_close(module(x), eager(module, x))
+            assert state(module).report_state() == "tuned"
+    assert state(loaded).name == "Net#2"

@@ -6,6 +6,7 @@ import atexit
 import logging
 import sys
 import threading
+from typing import Any
 
 from aitune.torch.jit import _hook, _report, _tracker, _tuner
 from aitune.torch.jit._settings import SETTINGS
@@ -13,14 +14,14 @@ from aitune.torch.jit._settings import SETTINGS
 logger = logging.getLogger("aitune")
 
 _lock = threading.Lock()
-_state = {"atexit": False, "handler": None}
+_state: dict[str, Any] = {"atexit": False, "handler": None}
 
 
 def _setup_logging(level_name: str) -> None:
     """JIT mode is the application's entry point for aitune, so it owns a stderr handler on our logger."""
     handler = _state["handler"]
     if handler is not None:
-        logger.removeHandler(handler)  # type: ignore[arg-type]
+        logger.removeHandler(handler)
         _state["handler"] = None
     name = level_name.upper()
     if name == "OFF":

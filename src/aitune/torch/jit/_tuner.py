@@ -57,7 +57,7 @@ def _strategy(backends: Sequence[Backend]) -> TuneStrategy:
     if isinstance(chosen, TuneStrategy):
         return chosen
     if hasattr(chosen, "tune"):
-        return chosen  # type: ignore[no-any-return]
+        return chosen
     name = str(chosen)
     if name == "first_wins":
         return FirstWinsStrategy()
@@ -153,7 +153,7 @@ def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, 
             _tracker.detach_descendants(st)
         return
     reason = (f"{type(error).__name__}: {error}" if error is not None
-              else (outcome.reason if outcome is not None else "not tuned"))
+              else (outcome.reason if outcome is not None and outcome.reason else "not tuned"))
     sig.status = "eager"
     sig.reason = reason
     release_samples(sig)
