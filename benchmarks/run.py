@@ -1,6 +1,6 @@
 """Run unchanged inference scripts with and without aitune's JIT hook, side by side, and compare.
 
-Each script prints a line `median_ms=<float>` (steady-state latency of its last iterations). For every script
+Each script prints its steady-state latency as `median_ms=<float>` or `median latency ...: <float> ms`. For every script
 this runner makes one eager run and one run with AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning, reads the
 JSON report, and prints a table: eager vs tuned latency, speedup, what was tuned, and the wall time of each run.
 
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-_MEDIAN = re.compile(r"median_ms=([0-9.eE+-]+)")
+#: `median_ms=1.23` (benchmark scripts) or `median latency of the last 10 calls: 1.23 ms` (examples).
+_MEDIAN = re.compile(r"median(?:_ms=| latency[^:\n]*: )([0-9.]+)")
 
 
 def _run(script: str, env_extra: dict[str, str], timeout: float) -> tuple[float | None, float, str]:

@@ -27,7 +27,6 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _hook.uninstall()
     _tracker.reset()
     _runtime._warned.clear()
-    _runtime._sample_bytes[0] = 0
     from aitune.torch._settings_sources import reset_settings
 
     reset_settings()

@@ -30,6 +30,14 @@ def test_jit_mode_tunes_with_inductor_and_outputs_match() -> None:
     assert entry["candidates"][0]["ok"] and entry["candidates"][0]["latency_ms"] > 0
     sig = _tracker.STATES[id(net)].tuned_signature()
     assert sig is not None and sig.engine_calls == 2
+    # The compiled engine does not keep the module alive.
+    import gc
+    import weakref
+
+    ref = weakref.ref(net)
+    del net, sig
+    gc.collect()
+    assert ref() is None
 
 
 def test_each_engine_has_its_own_code_object() -> None:
@@ -39,7 +47,7 @@ def test_each_engine_has_its_own_code_object() -> None:
     counters.clear()
     for i in range(12):
         m = torch.nn.Sequential(torch.nn.Linear(4 + i, 4), torch.nn.ReLU())
-        torch.compile(entry_point(m), backend="eager")(torch.randn(2, 4 + i))
+        torch.compile(entry_point(m), backend="eager")(m, torch.randn(2, 4 + i))
     assert counters["stats"]["unique_graphs"] == 12
     assert not counters["unimplemented"]
 

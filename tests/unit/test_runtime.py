@@ -371,3 +371,30 @@ def test_modules_from_torch_load_and_built_before_enabling_are_discovered(fake: 
             torch.testing.assert_close(module(x), eager(module, x))
             assert state(module).report_state() == "tuned"
     assert state(loaded).name == "Net#2"
+
+
+def test_collected_module_frees_its_engine_and_stays_in_the_report() -> None:
+    import gc
+    import weakref
+
+    from aitune.torch.backend import TorchEagerBackend
+
+    jit_config.backends = [TorchEagerBackend()]
+    jit_config.min_samples = 2
+    global_config.min_speedup = 0.01
+    enable_jit_tuning()
+
+    def run() -> weakref.ref[torch.nn.Module]:
+        net = Net().eval()
+        with torch.no_grad():
+            for _ in range(3):
+                net(torch.randn(4, 16))
+        assert state(net).report_state() == "tuned"
+        return weakref.ref(net)
+
+    ref = run()
+    gc.collect()
+    assert ref() is None  # neither aitune's table nor the engine keeps the module alive
+    entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
+    assert entry["state"] == "tuned" and entry["calls"] == 3
+    assert _tracker.SAMPLE_BYTES[0] == 0

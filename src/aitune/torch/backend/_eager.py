@@ -3,6 +3,7 @@ and a candidate of its own (e.g. for `OneBackendStrategy` when a user wants reco
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,14 @@ class TorchEagerBackendConfig(BackendConfig):
 
 class _EagerEngine(Engine):
     def __init__(self, module: torch.nn.Module) -> None:
-        self._module = module
+        self._module = weakref.ref(module)  # an engine never keeps its module alive
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the module of this engine was garbage-collected")
         # The original __call__ keeps the module's hooks and bypasses aitune's patch.
-        return torch.nn.Module._wrapped_call_impl(self._module, *args, **kwargs)
+        return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
 
 
 class TorchEagerBackend(Backend):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -27,19 +28,20 @@ _entry_ids = itertools.count()
 
 
 def entry_point(module: torch.nn.Module) -> Callable[..., Any]:
-    """A function calling `module._call_impl` whose code object belongs to this engine alone.
+    """A function `entry(module, *args, **kwargs)` calling `module._call_impl`, whose code object belongs to
+    this engine alone.
 
     Dynamo keys its compiled-code cache and its recompile limit on the code object of the frame it compiles.
     Compiling `module._call_impl` directly would share one code object (nn.Module's) across every module
-    aitune tunes, and the ninth module would silently run uncompiled. Forward hooks still run.
+    aitune tunes, and the ninth module would silently run uncompiled. The module is an argument rather than a
+    closure so the engine never keeps it alive. Forward hooks still run.
     """
-    call_impl = module._call_impl
 
-    def entry(*args: Any, **kwargs: Any) -> Any:
-        return call_impl(*args, **kwargs)
+    def entry(mod: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return mod._call_impl(*args, **kwargs)
 
     code = entry.__code__.replace(co_name=f"aitune_{type(module).__name__}_{next(_entry_ids)}")
-    return types.FunctionType(code, entry.__globals__, code.co_name, None, entry.__closure__)
+    return types.FunctionType(code, entry.__globals__, code.co_name, None, None)
 
 
 class TorchInductorJitBackendConfig(BackendConfig):
@@ -64,16 +66,20 @@ class TorchInductorJitBackendConfig(BackendConfig):
 
 
 class _CompiledEngine(Engine):
-    def __init__(self, compiled: Any, *, copy_outputs: bool, autocast: torch.autocast | None,
-                 compute_dtype: torch.dtype | None) -> None:
+    def __init__(self, module: torch.nn.Module, compiled: Any, *, copy_outputs: bool,
+                 autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:
+        self._module = weakref.ref(module)
         self._compiled = compiled
         self._copy_outputs = copy_outputs
         self._autocast = autocast
         self.compute_dtype = compute_dtype
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the module of this engine was garbage-collected")
         with self._autocast if self._autocast is not None else contextlib.nullcontext():
-            out = self._compiled(*args, **kwargs)
+            out = self._compiled(module, *args, **kwargs)
         if self._copy_outputs:
             out = _tree.clone(out)
         return out
@@ -107,7 +113,7 @@ class TorchInductorJitBackend(Backend):
             compute_dtype = dtype
         uses_cudagraphs = device.type == "cuda" and (
             cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
-        engine = _CompiledEngine(compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
+        engine = _CompiledEngine(module, compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
                                  compute_dtype=compute_dtype)
         # Compile now, for every distinct recorded shape, so no compile is left for a user's call.
         for sample in samples:

@@ -27,8 +27,8 @@ _local = threading.local()
 _warned: set[tuple[str, str]] = set()
 #: Bumped whenever module weights may have been replaced or moved (load_state_dict, .to(), assignment...).
 EPOCH = [0]
-#: Bytes held by recorded samples, process-wide.
-_sample_bytes = [0]
+_sample_bytes = _tracker.SAMPLE_BYTES
+release_samples = _tracker.release_samples
 
 
 def busy() -> bool:
@@ -184,12 +184,6 @@ def _record_call(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module,
             raise
         warn_once(f"recording {st.name}", e)
     return out
-
-
-def release_samples(sig: SignatureRecord) -> None:
-    with sig.lock:
-        _sample_bytes[0] -= sum(s.nbytes for s in sig.samples)
-        sig.samples.clear()
 
 
 def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:

@@ -43,7 +43,7 @@ class ModuleState:
 
     def __init__(self, module: torch.nn.Module, status: str, name: str, qualname: str, depth: int,
                  parent: ModuleState | None) -> None:
-        self.ref: weakref.ref[torch.nn.Module] = weakref.ref(module, _forget(id(module)))
+        self.ref: weakref.ref[torch.nn.Module] = weakref.ref(module, _forget(self))
         self.key = id(module)
         self.status = status
         self.passthrough = status in PASSTHROUGH_STATES
@@ -102,18 +102,30 @@ class ModuleState:
 
 #: id(module) -> state. Read without the lock on the hot path (dict reads are atomic in CPython).
 STATES: dict[int, ModuleState] = {}
-#: Every tracked state in discovery order (for the report); weak so collected modules disappear.
-ORDER: list[weakref.ref[ModuleState]] = []
+#: Every tracked state in discovery order, kept after its module is collected so the report still tells what
+#: happened to it (a collected module's engines and samples are released).
+ORDER: list[ModuleState] = []
 LOCK = threading.RLock()
+#: Bytes held by recorded samples, process-wide (bounded by max_samples_bytes).
+SAMPLE_BYTES = [0]
 _ROOT_NAMES: dict[str, int] = {}
 _EXCLUDED_CLASSES: dict[type, bool] = {}
 _local = threading.local()
 
 
-def _forget(key: int) -> Any:
+def _forget(st: ModuleState) -> Any:
+    state_ref = weakref.ref(st)
+
     # Bind the table now: at interpreter shutdown module globals may already be cleared.
     def callback(_: object, _states: dict[int, ModuleState] = STATES) -> None:
-        _states.pop(key, None)
+        state = state_ref()
+        if state is None:
+            return
+        if _states.get(state.key) is state:
+            del _states[state.key]
+        for sig in state.signatures.values():
+            drop_engine(sig)
+            release_samples(sig)
     return callback
 
 
@@ -134,14 +146,15 @@ def reset() -> None:
                     sig.engine.release()
         STATES.clear()
         ORDER.clear()
+        SAMPLE_BYTES[0] = 0
         _ROOT_NAMES.clear()
         _EXCLUDED_CLASSES.clear()
 
 
-def tracked_states() -> list[ModuleState]:
+def tracked_states(*, alive_only: bool = False) -> list[ModuleState]:
+    """Tracked states in discovery order; with `alive_only`, only those whose module still exists."""
     with LOCK:
-        alive = [r() for r in ORDER]
-        return [s for s in alive if s is not None and s.ref() is not None]
+        return [s for s in ORDER if not alive_only or s.ref() is not None]
 
 
 def _qualname(cls: type) -> str:
@@ -184,7 +197,7 @@ def discover(module: torch.nn.Module, settings: Any) -> ModuleState:
         else:
             st = _new_child(module, cls, caller)
         STATES[id(module)] = st
-        ORDER.append(weakref.ref(st))
+        ORDER.append(st)
         _initial_status(st, module, settings)
         logger.debug("discovered %s (%s) as %s", st.name, st.qualname, st.status)
         return st
@@ -270,7 +283,7 @@ def give_up(st: ModuleState, status: str, reason: str, settings: Any) -> None:
     """The module stays eager: try its children (caller holds LOCK)."""
     for sig in st.signatures.values():
         drop_engine(sig)
-        sig.samples.clear()
+        release_samples(sig)
     st.set_status(status, reason)
     st.decided = True
     _activate_children(st, settings)
@@ -282,8 +295,14 @@ def detach_descendants(st: ModuleState) -> None:
         if d.status != "untracked":
             for sig in d.signatures.values():
                 drop_engine(sig)
-                sig.samples.clear()
+                release_samples(sig)
             d.set_status("detached", f"inside the engine of {st.name}")
+
+
+def release_samples(sig: SignatureRecord) -> None:
+    with sig.lock:
+        SAMPLE_BYTES[0] -= sum(s.nbytes for s in sig.samples)
+        sig.samples.clear()
 
 
 def drop_engine(sig: SignatureRecord) -> None:

@@ -171,7 +171,7 @@ def tune_pending(max_modules: int | None = None) -> int:
     done = 0
     tried: set[int] = set()
     while True:
-        todo = [(st, sig) for st in _tracker.tracked_states() if st.status == "active"
+        todo = [(st, sig) for st in _tracker.tracked_states(alive_only=True) if st.status == "active"
                 for sig in list(st.signatures.values())
                 if sig.status == "recording" and sig.samples and id(sig) not in tried]
         if not todo:
