@@ -11,4 +11,7 @@ for spec in "$@"; do
     script=${spec%%:*}; batch=${spec##*:}
     python3 benchmarks/run.py "benchmarks/scripts/$script.py" --env BENCH_BATCH="$batch" \
         --json "$OUT/${script}_bs${batch}.json" 2>&1 | tee "$OUT/${script}_bs${batch}.log"
+    # The hand-tuned reference on the same machine, right after.
+    BENCH_MODEL=$script BENCH_BATCH=$batch python3 benchmarks/scripts/manual_compile.py 2>&1 | grep -v Warning \
+        | tail -2 | tee -a "$OUT/${script}_bs${batch}.log"
 done

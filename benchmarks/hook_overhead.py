@@ -7,6 +7,7 @@ and the cost of the hook on a module that passes through. A developer benchmark 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import torch
@@ -55,6 +56,18 @@ def main() -> None:
     print(f"tuned call via hook: {via_hook:.1f} us; engine direct: {direct:.1f} us; "
           f"hook cost on a tuned call: {via_hook - direct:.1f} us; eager: {eager:.1f} us")
     print(f"passthrough module: {pass_hook:.2f} us via hook vs {pass_orig:.2f} us original")
+    if "--profile" in sys.argv:
+        import cProfile
+        import pstats
+
+        with torch.no_grad():
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(200):
+                model(input_ids=ids, attention_mask=mask)
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,15 @@ def test_tree_handles_nested_dataclasses_and_clones() -> None:
     paths = [p for p, _ in _tree.leaf_paths({"batch": b})]
     assert "batch.extra.k.1.0" in paths
     assert _tree.nbytes(b) == 4 * 6
+
+
+def test_clone_outputs_copies_tensors_and_keeps_mutable_containers() -> None:
+    t = torch.ones(2, requires_grad=True) * 2
+    out = {"a": t, "b": [t, (t, None)]}
+    copied = _tree.clone_outputs(out)
+    assert copied is out
+    assert copied["a"] is not t and copied["a"].data_ptr() != t.data_ptr()
+    assert copied["a"].requires_grad  # autograd is kept for engine outputs
+    assert copied["b"][1][0] is not t and copied["b"][1][1] is None
+    b = Batch(t, {"k": [t]})
+    assert _tree.clone_outputs(b).ids is not t

@@ -132,6 +132,30 @@ def nbytes(obj: Any) -> int:
     return sum(t.element_size() * t.nelement() for t in tensors(obj))
 
 
+def clone_outputs(obj: Any) -> Any:
+    """Copy the tensors of a freshly returned output (autograd kept), reusing its containers where they are
+    mutable: rebuilding e.g. a transformers ModelOutput costs more than the copies themselves."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        for k, v in list(obj.items()):
+            obj[k] = clone_outputs(v)
+        return obj
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            obj[i] = clone_outputs(v)
+        return obj
+    if isinstance(obj, tuple):
+        items = [clone_outputs(v) for v in obj]
+        return type(obj)(*items) if _is_namedtuple(obj) else tuple(items)
+    names = _dataclass_fields(obj)
+    if names is not None:
+        for n in names:
+            object.__setattr__(obj, n, clone_outputs(getattr(obj, n)))
+        return obj
+    return obj
+
+
 def clone(obj: Any) -> Any:
     """A deep copy of the tensor leaves (detached), so later in-place edits by the caller cannot reach it."""
     return tree_map(lambda t: t.detach().clone(), obj)

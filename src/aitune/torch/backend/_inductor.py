@@ -81,7 +81,8 @@ class _CompiledEngine(Engine):
         with self._autocast if self._autocast is not None else contextlib.nullcontext():
             out = self._compiled(module, *args, **kwargs)
         if self._copy_outputs:
-            out = _tree.clone(out)
+            # CUDA-graph outputs live in memory the next replay overwrites; the container itself is new.
+            out = _tree.clone_outputs(out)
         return out
 
 
