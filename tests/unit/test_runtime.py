@@ -23,7 +23,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     FakeBackend.builds.clear()
     jit_config.backends = [FakeBackend()]
     jit_config.min_samples = 2
-    global_config.min_speedup = 0.01
+    global_config.min_speedup = 1e-6
     global_config.timing_iterations = 2
     global_config.timing_warmup = 0
     yield
@@ -381,7 +381,7 @@ def test_collected_module_frees_its_engine_and_stays_in_the_report() -> None:
 
     jit_config.backends = [TorchEagerBackend()]
     jit_config.min_samples = 2
-    global_config.min_speedup = 0.01
+    global_config.min_speedup = 1e-6
     enable_jit_tuning()
 
     def run() -> weakref.ref[torch.nn.Module]:

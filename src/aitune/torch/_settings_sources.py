@@ -1,4 +1,4 @@
-"""Settings machinery shared by the global and the JIT settings: sources, the override file, error messages.
+"""Settings sources shared by the global and the JIT settings: env, the TOML or .py override file, loading.
 
 Sources, lowest to highest priority: field defaults < TOML override file < environment < .py override file
 < code. `load_settings()` reads them in that order into the existing singletons in place (users hold
@@ -8,40 +8,45 @@ Why not pydantic-settings' own source chain: every value must carry where it cam
 and line) so that a bad value is reported against its source, env must accept comma lists, and reading must
 happen when the hook chooses, not at import. So a model reads nothing at construction
 (`settings_customise_sources` keeps only init arguments) and this module is the explicit source chain.
+The settings base class and scope tracking live in `_settings_base`, error messages in `_settings_errors`.
 
 Known limits:
 - TOML line numbers come from scanning the text for `key =` under the right table header; a key inside a
   multi-line value, or a dotted key, is reported with the file but without a line.
-- A field mutated in place from code (`config.skip_modules.append(...)`) is detected by comparing it with
-  what the last load applied; mutating it back to that exact value counts as not set from code.
 - Env var names match case-insensitively. Unknown `AITUNE_*` names are only logged, since launchers and test
   suites may use the prefix for their own variables.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import enum
 import importlib
 import json
 import logging
 import os
 import re
-import sys
 import threading
 import tomllib
 import types
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aitune.torch._errors import ConfigError
+from aitune.torch._settings_base import _SCOPES, _STATE, TrackedSettings, _copy, _loading, _Scope, register_scope
+from aitune.torch._settings_errors import (
+    SettingItemError,
+    _did_you_mean,
+    _error,
+    _Problem,
+    _Raw,
+    problems_from,
+    summarize_validation_error,
+)
+
+__all__ = ["CONFIG_FILE_ENV", "SettingItemError", "TrackedSettings", "ensure_settings_loaded", "load_settings",
+           "override_file_path", "problems_from", "register_scope", "reset_settings", "summarize_validation_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,249 +57,8 @@ _FILE_ACCEPTED = ("a path to an existing .toml file (declarative settings) or .p
                   "see the examples in aitune's configs/ folder")
 
 
-class SettingItemError(ValueError):
-    """Raised by a validator for one item of a list setting, so the error points at that item's source."""
-
-    def __init__(self, message: str, *, index: int, key: str | None = None) -> None:
-        super().__init__(message)
-        self.index = index
-        self.key = key
-
-
-class _LoadState(threading.local):
-    # Per thread, so an assignment from another thread while a load runs still counts as code.
-    loading: bool = False
-    source: str | None = None
-
-
-_STATE = _LoadState()
 _LOCK = threading.RLock()
 _LOADED = False
-
-
-@contextmanager
-def _loading(source: str | None) -> Iterator[None]:
-    """Assignments inside are attributed to `source` (None: to the assigning line) instead of to code."""
-    previous = (_STATE.loading, _STATE.source)
-    _STATE.loading, _STATE.source = True, source
-    try:
-        yield
-    finally:
-        _STATE.loading, _STATE.source = previous
-
-
-def _caller(depth: int) -> str:
-    frame = sys._getframe(depth + 1)
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
-
-
-class TrackedSettings(BaseSettings):
-    """Base of the settings models: validated assignment, errors rewritten, and each field's source tracked."""
-
-    model_config = SettingsConfigDict(validate_assignment=True, arbitrary_types_allowed=True, extra="forbid")
-    #: Shown in error messages ("JIT setting 'mode'").
-    scope_label: ClassVar[str] = "aitune"
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings() reads env and files with provenance; constructing a model takes only its arguments.
-        return (init_settings,)
-
-    @classmethod
-    def env_name(cls, field_name: str) -> str:
-        return (str(cls.model_config.get("env_prefix", "")) + field_name).upper()
-
-    @classmethod
-    def accepted_values(cls, field_name: str) -> str:
-        """What a field accepts, for error messages: the field's `accepted` extra, else from its type."""
-        info = cls.model_fields[field_name]
-        extra = info.json_schema_extra
-        if isinstance(extra, dict) and isinstance(extra.get("accepted"), str):
-            return str(extra["accepted"])
-        ann = info.annotation
-        if isinstance(ann, type) and issubclass(ann, enum.Enum):
-            return "one of " + ", ".join(str(m.value) for m in ann) + " (case-insensitive)"
-        if ann is bool:
-            return "true or false (also 1/0, yes/no, on/off)"
-        kind = {int: "an integer", float: "a number"}.get(ann, str(ann))  # type: ignore[call-overload]
-        bounds = [f"{sym} {getattr(m, attr)}" for m in info.metadata
-                  for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
-        return " ".join([kind, " and ".join(bounds)]).strip()
-
-    def setting_sources(self) -> dict[str, str]:
-        """Where each field's current value came from ("default", an env var, file:line, "code at ...")."""
-        scope = _scope_of(self)
-        known = scope.sources if scope is not None else {}
-        return {name: known.get(name, "default" if scope else "unknown (a copy)") for name in type(self).model_fields}
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):  # pydantic private attributes
-            super().__setattr__(name, value)
-            return
-        cls = type(self)
-        loading = _STATE.loading
-        source = _STATE.source if loading and _STATE.source else ("" if loading else "code at ") + _caller(1)
-        if name not in cls.model_fields:
-            reason = "unknown setting" + _did_you_mean(name, cls.model_fields)
-            raise _error([_Problem(cls, name, source, value, reason, "one of " + ", ".join(cls.model_fields))])
-        try:
-            super().__setattr__(name, value)
-        except ValidationError as exc:
-            # The rewritten message names field, source, value and what is accepted; pydantic's frames add nothing.
-            raise _error(problems_from(cls, exc, {name: _Raw(value, source)})) from None
-        scope = _scope_of(self)
-        if scope is not None:
-            scope.sources[name] = source
-            if not loading:
-                scope.code_set.add(name)
-
-
-# --- error messages -------------------------------------------------------------------------------------------
-
-@dataclass
-class _Raw:
-    """A value as one source gave it, and where it came from."""
-
-    value: Any
-    source: str
-    text: str | None = None  # the env var text, shown instead of the parsed value
-    items: list[dict[str, str]] | None = None  # per list item: key ("" = the item itself) -> source
-
-
-@dataclass
-class _Problem:
-    cls: type[TrackedSettings]
-    field: str
-    source: str
-    value: Any
-    reason: str
-    accepted: str | None = None
-
-    def render(self) -> str:
-        known = self.field in self.cls.model_fields
-        env = f" (env {self.cls.env_name(self.field)})" if known else ""
-        accepted = self.accepted or (self.cls.accepted_values(self.field) if known else "")
-        shown = repr(self.value)
-        shown = shown if len(shown) <= 200 else shown[:197] + "..."
-        return (f"{self.cls.scope_label} setting {self.field!r}{env}: {self.reason}\n"
-                f"    source:   {self.source}\n    value:    {shown}\n    accepted: {accepted}")
-
-
-def _error(problems: list[_Problem]) -> ConfigError:
-    if len(problems) == 1:
-        message = "invalid " + problems[0].render()
-    else:
-        message = f"{len(problems)} invalid aitune settings:\n" + "\n".join("  - " + p.render() for p in problems)
-    return ConfigError(message, field=problems[0].field, source=problems[0].source)
-
-
-def _strip(msg: str) -> str:
-    return msg.removeprefix("Value error, ")
-
-
-def problems_from(cls: type[TrackedSettings], exc: ValidationError, raws: Mapping[str, _Raw]) -> list[_Problem]:
-    """Turn pydantic's errors into problems that name each value's source."""
-    problems = []
-    for err in exc.errors():
-        loc = err.get("loc", ())
-        name = str(loc[0]) if loc else next(iter(raws), "?")
-        raw = raws.get(name)
-        source = raw.source if raw is not None else "?"
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, SettingItemError) and raw is not None and raw.items and cause.index < len(raw.items):
-            item = raw.items[cause.index]
-            source = item.get(cause.key or "", item.get("", source))
-        reason = str(cause) if isinstance(cause, ValueError) else _strip(err["msg"])
-        if len(loc) > 1:
-            reason = f"at {'.'.join(map(str, loc[1:]))}: {reason}"
-        shown = (raw.text if raw.text is not None else raw.value) if raw is not None else err.get("input")
-        problems.append(_Problem(cls, name, source, shown, reason))
-    return problems
-
-
-def summarize_validation_error(exc: ValidationError, title: str | None = None) -> str:
-    """A pydantic ValidationError in one line: `<title>.field: message (got value); ...` (title: model name)."""
-    title = exc.title if title is None else title
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(map(str, err.get("loc", ())))
-        where = ".".join(p for p in (title, loc) if p) or "value"
-        parts.append(f"{where}: {_strip(err['msg'])} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
-def _did_you_mean(name: str, options: Any) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-# --- scopes: the singletons this module loads -------------------------------------------------------------------
-
-@dataclass(eq=False)
-class _Scope:
-    model: TrackedSettings
-    toml_table: str | None  # None: the TOML file's top level
-    py_name: str  # the model's name in a .py override file
-    namespace: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)
-    code_set: set[str] = field(default_factory=set)
-    applied: dict[str, Any] = field(default_factory=dict)  # copies of what the last load or reset applied
-
-    def fields(self) -> list[str]:
-        return list(type(self.model).model_fields)
-
-    def code_fields(self) -> set[str]:
-        """Fields set from code: assigned outside a load, or mutated in place since the last load."""
-        changed = {f for f in self.fields() if not _same(getattr(self.model, f), self.applied.get(f, _Scope))}
-        return self.code_set | changed
-
-    def mark_applied(self) -> None:
-        self.applied = {f: _copy(getattr(self.model, f)) for f in self.fields()}
-
-    def save(self) -> tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]:
-        values = {f: _copy(getattr(self.model, f)) for f in self.fields()}
-        return values, dict(self.sources), set(self.code_set), dict(self.applied)
-
-    def restore(self, state: tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]) -> None:
-        values, sources, code_set, applied = state
-        for name, value in values.items():
-            with _loading("restore"):
-                setattr(self.model, name, value)
-        self.sources, self.code_set, self.applied = sources, code_set, applied
-
-
-_SCOPES: list[_Scope] = []
-
-
-def _copy(value: Any) -> Any:
-    # Shallow is enough: list and dict values hold immutable items or objects compared by identity.
-    return copy.copy(value) if isinstance(value, (list, dict, set)) else value
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # an __eq__ that cannot compare: fall back to identity
-        return a is b
-
-
-def _scope_of(model: object) -> _Scope | None:
-    # Only the singletons are tracked; copies (model_copy) validate assignments but record nothing.
-    return next((s for s in _SCOPES if s.model is model), None)
-
-
-def register_scope(model: TrackedSettings, *, toml_table: str | None, py_name: str,
-                   namespace: Mapping[str, Any] | None = None) -> None:
-    """Make `model` a singleton that load_settings() fills; `namespace` adds names to the .py override file."""
-    _SCOPES[:] = [s for s in _SCOPES if s.py_name != py_name]  # a reloaded module replaces its scope
-    scope = _Scope(model, toml_table, py_name, dict(namespace or {}))
-    scope.sources = {f: "default" for f in scope.fields()}
-    scope.mark_applied()
-    _SCOPES.append(scope)
 
 
 # --- sources --------------------------------------------------------------------------------------------------

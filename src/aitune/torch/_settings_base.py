@@ -1,0 +1,181 @@
+"""The settings base class and the scopes (singletons) whose fields' sources are tracked.
+
+Each assignment to a registered singleton is validated, its error rewritten to name the source, and the
+value's source recorded: the assigning line for code, or the source a load is applying.
+
+Known limits:
+- A field mutated in place from code (`config.skip_modules.append(...)`) is detected by comparing it with
+  what the last load applied; mutating it back to that exact value counts as not set from code.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from aitune.torch._settings_errors import _did_you_mean, _error, _Problem, _Raw, problems_from
+
+
+class _LoadState(threading.local):
+    # Per thread, so an assignment from another thread while a load runs still counts as code.
+    loading: bool = False
+    source: str | None = None
+
+
+_STATE = _LoadState()
+
+
+@contextmanager
+def _loading(source: str | None) -> Iterator[None]:
+    """Assignments inside are attributed to `source` (None: to the assigning line) instead of to code."""
+    previous = (_STATE.loading, _STATE.source)
+    _STATE.loading, _STATE.source = True, source
+    try:
+        yield
+    finally:
+        _STATE.loading, _STATE.source = previous
+
+
+def _caller(depth: int) -> str:
+    frame = sys._getframe(depth + 1)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class TrackedSettings(BaseSettings):
+    """Base of the settings models: validated assignment, errors rewritten, and each field's source tracked."""
+
+    model_config = SettingsConfigDict(validate_assignment=True, arbitrary_types_allowed=True, extra="forbid")
+    #: Shown in error messages ("JIT setting 'mode'").
+    scope_label: ClassVar[str] = "aitune"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() reads env and files with provenance; constructing a model takes only its arguments.
+        return (init_settings,)
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return (str(cls.model_config.get("env_prefix", "")) + field_name).upper()
+
+    @classmethod
+    def accepted_values(cls, field_name: str) -> str:
+        """What a field accepts, for error messages: the field's `accepted` extra, else from its type."""
+        info = cls.model_fields[field_name]
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("accepted"), str):
+            return str(extra["accepted"])
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, enum.Enum):
+            return "one of " + ", ".join(str(m.value) for m in ann) + " (case-insensitive)"
+        if ann is bool:
+            return "true or false (also 1/0, yes/no, on/off)"
+        # The annotation's static type differs between pydantic releases; compare identities instead of indexing.
+        kind = "an integer" if ann is int else "a number" if ann is float else str(ann)
+        bounds = [f"{sym} {getattr(m, attr)}" for m in info.metadata
+                  for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
+        return " ".join([kind, " and ".join(bounds)]).strip()
+
+    def setting_sources(self) -> dict[str, str]:
+        """Where each field's current value came from ("default", an env var, file:line, "code at ...")."""
+        scope = _scope_of(self)
+        known = scope.sources if scope is not None else {}
+        return {name: known.get(name, "default" if scope else "unknown (a copy)") for name in type(self).model_fields}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):  # pydantic private attributes
+            super().__setattr__(name, value)
+            return
+        cls = type(self)
+        loading = _STATE.loading
+        source = _STATE.source if loading and _STATE.source else ("" if loading else "code at ") + _caller(1)
+        if name not in cls.model_fields:
+            reason = "unknown setting" + _did_you_mean(name, cls.model_fields)
+            raise _error([_Problem(cls, name, source, value, reason, "one of " + ", ".join(cls.model_fields))])
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            # The rewritten message names field, source, value and what is accepted; pydantic's frames add nothing.
+            raise _error(problems_from(cls, exc, {name: _Raw(value, source)})) from None
+        scope = _scope_of(self)
+        if scope is not None:
+            scope.sources[name] = source
+            if not loading:
+                scope.code_set.add(name)
+
+
+# --- scopes: the singletons load_settings() fills --------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Scope:
+    model: TrackedSettings
+    toml_table: str | None  # None: the TOML file's top level
+    py_name: str  # the model's name in a .py override file
+    namespace: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+    code_set: set[str] = field(default_factory=set)
+    applied: dict[str, Any] = field(default_factory=dict)  # copies of what the last load or reset applied
+
+    def fields(self) -> list[str]:
+        return list(type(self.model).model_fields)
+
+    def code_fields(self) -> set[str]:
+        """Fields set from code: assigned outside a load, or mutated in place since the last load."""
+        changed = {f for f in self.fields() if not _same(getattr(self.model, f), self.applied.get(f, _Scope))}
+        return self.code_set | changed
+
+    def mark_applied(self) -> None:
+        self.applied = {f: _copy(getattr(self.model, f)) for f in self.fields()}
+
+    def save(self) -> tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]:
+        values = {f: _copy(getattr(self.model, f)) for f in self.fields()}
+        return values, dict(self.sources), set(self.code_set), dict(self.applied)
+
+    def restore(self, state: tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]) -> None:
+        values, sources, code_set, applied = state
+        for name, value in values.items():
+            with _loading("restore"):
+                setattr(self.model, name, value)
+        self.sources, self.code_set, self.applied = sources, code_set, applied
+
+
+_SCOPES: list[_Scope] = []
+
+
+def _copy(value: Any) -> Any:
+    # Shallow is enough: list and dict values hold immutable items or objects compared by identity.
+    return copy.copy(value) if isinstance(value, (list, dict, set)) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # an __eq__ that cannot compare: fall back to identity
+        return a is b
+
+
+def _scope_of(model: object) -> _Scope | None:
+    # Only the singletons are tracked; copies (model_copy) validate assignments but record nothing.
+    return next((s for s in _SCOPES if s.model is model), None)
+
+
+def register_scope(model: TrackedSettings, *, toml_table: str | None, py_name: str,
+                   namespace: Mapping[str, Any] | None = None) -> None:
+    """Make `model` a singleton that load_settings() fills; `namespace` adds names to the .py override file."""
+    _SCOPES[:] = [s for s in _SCOPES if s.py_name != py_name]  # a reloaded module replaces its scope
+    scope = _Scope(model, toml_table, py_name, dict(namespace or {}))
+    scope.sources = {f: "default" for f in scope.fields()}
+    scope.mark_applied()
+    _SCOPES.append(scope)
