@@ -79,7 +79,6 @@ def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any
         if module.training:
             # Training-mode calls are never recorded or routed; they run exactly as without aitune.
             return _call_tracked(st, module, args, kwargs)
-        st.calls += 1
         _check_weights(st, module)
         named = st.normalizer.normalize(args, kwargs) if st.normalizer is not None else ()
         key = signature_key(named)
@@ -94,6 +93,7 @@ def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any
                         logger.info("%s: new input signature #%d", st.name, len(st.signatures))
         shapes = _tree.shapes_of(named)
         with sig.lock:
+            st.calls += 1  # under a lock: several threads may call the same module
             sig.observe(shapes)
         status = sig.status
         if status == "tuned":

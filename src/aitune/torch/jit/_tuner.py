@@ -120,8 +120,8 @@ def _run_strategy(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module
                   warmup=int(global_config.timing_warmup), iterations=int(global_config.timing_iterations),
                   max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
                   progress=SETTINGS.progress)
-    grad = torch.is_grad_enabled() if sig.key[0] else False
-    with torch.set_grad_enabled(grad):
+    # Build and check under the grad and inference modes the signature was recorded in (part of its key).
+    with torch.set_grad_enabled(bool(sig.key[0])):
         if sig.key[1]:
             with torch.inference_mode():
                 return strategy.tune(job)

@@ -61,23 +61,14 @@ class TuneJob:
     def time(self, fn: Callable[..., Any]) -> float:
         s = self.timing_sample()
         args, kwargs = _tree.clone((s.args, s.kwargs))
-        with torch.no_grad() if not torch.is_grad_enabled() else _nullcontext():
-            return measure_latency_ms(fn, args, kwargs, self.device, warmup=self.warmup,
-                                      iterations=self.iterations, max_seconds=self.max_seconds)
+        return measure_latency_ms(fn, args, kwargs, self.device, warmup=self.warmup, iterations=self.iterations,
+                                  max_seconds=self.max_seconds)
 
     def eager_latency_ms(self) -> float:
         if self._eager_ms is None:
             module = self.module
             self._eager_ms = self.time(lambda *a, **k: torch.nn.Module._wrapped_call_impl(module, *a, **k))
         return self._eager_ms
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _named(sample: Sample) -> dict[str, Any]:
