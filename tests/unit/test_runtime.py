@@ -37,6 +37,18 @@ def eager(module: torch.nn.Module, *args: object, **kwargs: object) -> torch.Ten
     return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
 
 
+def tuned_net() -> tuple[Net, torch.Tensor]:
+    """Enable JIT mode and call a fresh Net until it is tuned (the `fake` fixture sets min_samples=2)."""
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        net(x)
+        net(x)
+    assert state(net).report_state() == "tuned"
+    return net, x
+
+
 def test_top_module_is_tuned_and_routed(fake: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
@@ -206,13 +218,8 @@ def test_baked_engine_is_dropped_when_weights_change(fake: None, monkeypatch: py
     from .helpers import _FakeEngine
 
     monkeypatch.setattr(_FakeEngine, "bakes_weights", True)
-    enable_jit_tuning()
-    net = Net().eval()
-    x = torch.randn(4, 16)
+    net, x = tuned_net()
     with torch.no_grad():
-        net(x)
-        net(x)
-        assert state(net).report_state() == "tuned"
         net.head.weight.mul_(2)
         FakeBackend.calls.clear()
         torch.testing.assert_close(net(x), eager(net, x))
@@ -221,25 +228,16 @@ def test_baked_engine_is_dropped_when_weights_change(fake: None, monkeypatch: py
 
 
 def test_module_replaced_parameter_or_moved_invalidates(fake: None) -> None:
-    enable_jit_tuning()
-    net = Net().eval()
-    x = torch.randn(4, 16)
+    net, x = tuned_net()
     with torch.no_grad():
-        net(x)
-        net(x)
-        assert state(net).report_state() == "tuned"
         net.head.weight = torch.nn.Parameter(torch.zeros(4, 16))
         torch.testing.assert_close(net(x), eager(net, x))
     assert state(net).report_state() == "recording"
 
 
 def test_engine_failure_at_run_time_falls_back_to_eager(fake: None, caplog: pytest.LogCaptureFixture) -> None:
-    enable_jit_tuning()
-    net = Net().eval()
-    x = torch.randn(4, 16)
+    net, x = tuned_net()
     with torch.no_grad():
-        net(x)
-        net(x)
         sig = next(iter(state(net).signatures.values()))
         sig.engine.cfg = sig.engine.cfg.model_copy(update={"fail_run": True})
         with caplog.at_level(logging.WARNING, logger="aitune"):
