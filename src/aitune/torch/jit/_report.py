@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import aitune
-from aitune.torch.jit import _tracker
+from aitune.torch.jit import _hook, _tracker
 from aitune.torch.jit._settings import SETTINGS
 from aitune.torch.jit._tracker import ModuleState
 
@@ -131,17 +131,11 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _hook_installed() -> bool:
-    from aitune.torch.jit import _hook
-
-    return _hook.is_installed()
-
-
 def at_exit() -> None:
     """Write the report and print the summary; never raises (the interpreter is shutting down)."""
     try:
         report = build_report()
-        if not report["modules"] and not _hook_installed():
+        if not report["modules"] and not _hook.is_installed():
             return  # disabled before exit, nothing to say
         path = SETTINGS.report
         if path is not None:

@@ -27,8 +27,6 @@ _local = threading.local()
 _warned: set[tuple[str, str]] = set()
 #: Bumped whenever module weights may have been replaced or moved (load_state_dict, .to(), assignment...).
 EPOCH = [0]
-_sample_bytes = _tracker.SAMPLE_BYTES
-release_samples = _tracker.release_samples
 
 
 def busy() -> bool:
@@ -149,7 +147,7 @@ def _record_call(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module,
     inputs = None
     try:
         store = (len(sig.samples) < SETTINGS.max_num_samples_stored
-                 and _sample_bytes[0] < SETTINGS.max_samples_bytes)
+                 and _tracker.SAMPLE_BYTES[0] < SETTINGS.max_samples_bytes)
         if store:
             inputs = _tree.clone((args, kwargs))
     except Exception as e:
@@ -164,7 +162,7 @@ def _record_call(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module,
         mutated = not same_values(inputs, (args, kwargs))
         after = _tree.clone((args, kwargs)) if mutated else None
         size = _tree.nbytes((inputs, outputs, after))
-        if _sample_bytes[0] + size > SETTINGS.max_samples_bytes:
+        if _tracker.SAMPLE_BYTES[0] + size > SETTINGS.max_samples_bytes:
             logger.info("%s: sample byte cap (%d bytes) reached; not storing more samples", st.name,
                         SETTINGS.max_samples_bytes)
         else:
@@ -172,7 +170,7 @@ def _record_call(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module,
             with sig.lock:
                 if sig.status == "recording" and len(sig.samples) < SETTINGS.max_num_samples_stored:
                     sig.samples.append(sample)
-                    _sample_bytes[0] += size
+                    _tracker.SAMPLE_BYTES[0] += size
         if SETTINGS.tune_eagerly and sig.calls >= SETTINGS.min_samples and sig.samples:
             from aitune.torch.jit import _tuner
 
@@ -210,7 +208,7 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
                 logger.info("%s: weights %s; %s", st.name, what,
                             "dropping its engine and re-recording" if stale_engine else "re-recording samples")
                 _tracker.drop_engine(sig)
-                release_samples(sig)
+                _tracker.release_samples(sig)
                 sig.status = "recording"
                 sig.calls = 0
                 sig.backend = None

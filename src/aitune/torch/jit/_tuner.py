@@ -18,9 +18,9 @@ from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import SignatureRecord, first_device
 from aitune.torch.backend import Backend, TorchInductorJitBackend
 from aitune.torch.jit import _tracker
-from aitune.torch.jit._runtime import Busy, release_samples
+from aitune.torch.jit._runtime import Busy
 from aitune.torch.jit._settings import SETTINGS
-from aitune.torch.jit._tracker import LOCK, ModuleState
+from aitune.torch.jit._tracker import LOCK, ModuleState, release_samples
 from aitune.torch.tune_strategy import (
     FirstWinsStrategy,
     HighestThroughputStrategy,
