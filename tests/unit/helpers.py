@@ -71,3 +71,25 @@ class FakeBackend(Backend):
         if self.config.fail_build:  # type: ignore[attr-defined]
             raise RuntimeError("cannot build this")
         return _FakeEngine(module, self.config, FakeBackend.calls)  # type: ignore[arg-type]
+
+
+def record(module: torch.nn.Module, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+           ) -> tuple[SignatureRecord, list[Sample]]:
+    """Record `calls` of `module` eagerly, as the JIT hook does: one signature, one sample per call."""
+    from aitune.torch import _tree
+    from aitune.torch._samples import InputNormalizer, signature_key
+
+    normalizer = InputNormalizer(module.forward)
+    sig: SignatureRecord | None = None
+    samples: list[Sample] = []
+    with torch.no_grad():
+        for args, kwargs in calls:
+            named = normalizer.normalize(args, kwargs)
+            if sig is None:
+                sig = SignatureRecord.from_call(signature_key(named), named)
+            sig.observe(_tree.shapes_of(named))
+            out = torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
+            samples.append(Sample(_tree.clone(args), _tree.clone(kwargs), _tree.clone(out)))
+    assert sig is not None
+    sig.samples = samples
+    return sig, samples

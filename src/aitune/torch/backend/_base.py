@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
@@ -40,6 +41,14 @@ class Engine(abc.ABC):
 
     def release(self) -> None:  # noqa: B027 - optional hook
         """Free what the engine holds (GPU memory, sessions). Called when it is dropped."""
+
+    def save(self, directory: Path) -> None:
+        """Write the engine's artifact into the existing, empty `directory` (AOT engines only).
+
+        Only plain data goes there (engine plans, ONNX files, AOTInductor packages, JSON): loading it back
+        through the backend's `load` must never unpickle arbitrary objects.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no artifact to save; it is rebuilt in each process")
 
 
 class Backend(abc.ABC):
@@ -101,3 +110,12 @@ class Backend(abc.ABC):
 
         Raise any exception to reject the candidate; the strategy records it and moves on.
         """
+
+    def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+             device: torch.device) -> Engine:
+        """Load an engine that `Engine.save` wrote into `directory` (AOT backends only).
+
+        `samples` are recorded in the loading process (their eager outputs give the output structure); the
+        caller checks the loaded engine against them before it serves a call.
+        """
+        raise NotImplementedError(f"{self.name} is a {self.kind.upper()} backend: its engines are rebuilt, not loaded")
