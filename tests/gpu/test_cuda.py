@@ -43,8 +43,8 @@ def test_default_candidates_on_cuda_include_cuda_graphs_and_moving_to_cpu_runs_e
         for _ in range(4):
             net(x)
         entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
-        assert {c["backend"] for c in entry["candidates"]} == {
-            "TorchInductorJitBackend", "TorchInductorJitBackend(mode='reduce-overhead')"}
+        assert {"TorchInductorJitBackend", "TorchInductorJitBackend(mode='reduce-overhead')"} <= {
+            c["backend"] for c in entry["candidates"]}
         net.cpu()
         out = net(x.cpu())
     torch.testing.assert_close(out, eager(net, x.cpu()))

@@ -458,7 +458,8 @@ def test_unknown_backend_name_lists_registered(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AITUNE_JIT_BACKENDS", "TorchInductorJitBackend,TensorRTMagic")
     text = str(_load_error())
     assert "backends" in text and "AITUNE_JIT_BACKENDS" in text and "TensorRTMagic" in text
-    assert "Registered backends: TorchEagerBackend, TorchInductorJitBackend" in text
+    registered = text.split("Registered backends: ", 1)[1]
+    assert "TorchEagerBackend, TorchInductorJitBackend" in registered and "ONNXRuntimeBackend" in registered
 
 
 def test_unknown_backend_suggests_close_name() -> None:

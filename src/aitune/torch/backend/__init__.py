@@ -6,6 +6,7 @@ Register your own with `register_backend`; config files name backends by their r
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._eager import TorchEagerBackend, TorchEagerBackendConfig
 from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInductorJitBackendConfig
+from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
 from aitune.torch.backend._registry import (
     backend_names,
     create_backend,
@@ -14,7 +15,7 @@ from aitune.torch.backend._registry import (
     unregister_backend,
 )
 
-for _cls in (TorchEagerBackend, TorchInductorJitBackend):
+for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend):
     register_backend(_cls)
 del _cls
 
@@ -22,6 +23,8 @@ __all__ = [
     "Backend",
     "BackendConfig",
     "Engine",
+    "ONNXRuntimeBackend",
+    "ONNXRuntimeBackendConfig",
     "TorchEagerBackend",
     "TorchEagerBackendConfig",
     "TorchInductorJitBackend",

@@ -16,7 +16,8 @@ import torch
 
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import SignatureRecord, first_device
-from aitune.torch.backend import Backend, TorchInductorJitBackend
+from aitune.torch.backend import Backend
+from aitune.torch.backend._defaults import default_backends
 from aitune.torch.jit import _tracker
 from aitune.torch.jit._runtime import Busy
 from aitune.torch.jit._settings import SETTINGS
@@ -33,14 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: Called after every decision (the report keeps itself current through this).
 DECISION_LISTENERS: list[Any] = []
-
-
-def default_backends(device: torch.device) -> list[Backend]:
-    """Candidates when the user configured none: what is installed and fits the device."""
-    if device.type == "cuda":
-        # CUDA graphs remove the launch overhead that dominates small batches (see the README's figures).
-        return [TorchInductorJitBackend(), TorchInductorJitBackend(mode="reduce-overhead")]
-    return [TorchInductorJitBackend()]
 
 
 def _candidates(device: torch.device) -> list[Backend]:

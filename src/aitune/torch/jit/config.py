@@ -62,6 +62,15 @@ def _backend_name(name: str) -> str:
 
 
 def _to_backend(index: int, item: Any) -> Backend:
+    """One `backends` item to a Backend whose optional library is installed (else the install command)."""
+    backend = _make_backend(index, item)
+    missing = backend.unavailable_reason()
+    if missing is not None:
+        raise SettingItemError(f"backends[{index}]: {missing}", index=index)
+    return backend
+
+
+def _make_backend(index: int, item: Any) -> Backend:
     """One `backends` item (instance, class, registered name, or {"name": ..., <options>}) to a Backend."""
     if isinstance(item, Backend):
         return item

@@ -1,0 +1,78 @@
+"""The candidates JIT mode tries when the user configured none: what is installed and fits the device.
+
+On CUDA: TensorRT (plain and with CUDA graphs) and Torch-TensorRT where their libraries import, TorchInductor
+in its default mode and with CUDA graphs (mode="reduce-overhead": at small batch, launch overhead dominates
+and CUDA graphs are where most of the speed is), and ONNX Runtime where it has a CUDA execution provider.
+On the CPU: TorchInductor and ONNX Runtime. Eager is not a candidate: every candidate is measured against it.
+
+A backend left out because its library is missing is named once per process in one INFO line, with the
+install command.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from aitune.torch.backend._base import Backend
+from aitune.torch.backend._optional import installed
+from aitune.torch.backend._registry import backend_names, create_backend
+
+logger = logging.getLogger(__name__)
+
+_CUDA: list[tuple[str, dict[str, Any]]] = [
+    ("TensorRTBackend", {}),
+    ("TensorRTBackend", {"use_cuda_graphs": True}),
+    ("TorchTensorRTJitBackend", {}),
+    ("TorchInductorJitBackend", {}),
+    ("TorchInductorJitBackend", {"mode": "reduce-overhead"}),
+    ("ONNXRuntimeBackend", {}),
+]
+_CPU: list[tuple[str, dict[str, Any]]] = [
+    ("TorchInductorJitBackend", {}),
+    ("ONNXRuntimeBackend", {}),
+]
+#: Backends offered by default only when this library is installed, though they accept another when configured:
+#: TensorRT-RTX builds engines but does not run them on data-center GPUs (Hopper), so it is opt-in.
+_DEFAULT_NEEDS = {"TensorRTBackend": "tensorrt"}
+_reported: set[str] = set()
+
+
+def _ort_has_cuda() -> bool:
+    if not installed("onnxruntime"):
+        return False
+    try:
+        import onnxruntime
+
+        return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers()))
+    except Exception:  # a broken install is the same as none
+        return False
+
+
+def default_backends(device: torch.device) -> list[Backend]:
+    """Fresh candidate backends for `device`, in the order they are tried."""
+    registered = set(backend_names())
+    chosen: list[Backend] = []
+    for name, options in _CUDA if device.type == "cuda" else _CPU:
+        if name not in registered:
+            continue
+        backend = create_backend(name, options)
+        missing = backend.unavailable_reason()
+        needs = _DEFAULT_NEEDS.get(name)
+        if missing is None and needs is not None and not installed(needs):
+            missing = f"not tried by default without {needs} (pip install 'aitune[{backend.extra}]')"
+        if missing is not None:
+            if name not in _reported:
+                _reported.add(name)
+                logger.info("not trying %s: %s", name, missing)
+            continue
+        if name == "ONNXRuntimeBackend" and device.type == "cuda" and not _ort_has_cuda():
+            if "ONNXRuntimeBackend:cuda" not in _reported:
+                _reported.add("ONNXRuntimeBackend:cuda")
+                logger.info("not trying ONNXRuntimeBackend on CUDA: this onnxruntime has no CUDA execution provider "
+                            "(pip install onnxruntime-gpu)")
+            continue
+        chosen.append(backend)
+    return chosen
