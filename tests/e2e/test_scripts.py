@@ -20,6 +20,8 @@ import torch
 from tests.e2e.harness import ScriptRun, assert_results_close
 
 INDUCTOR = "TorchInductorJitBackend"
+#: The CPU default candidates (with the extras CI installs): either may win.
+CPU_DEFAULTS = (INDUCTOR, "ONNXRuntimeBackend")
 #: Let any correct engine win, so the outcome does not depend on CPU timings.
 ALWAYS_TUNE = {"AITUNE_MIN_SPEEDUP": "1e-6"}
 
@@ -28,16 +30,16 @@ HookedRun = Callable[..., ScriptRun]
 
 
 def assert_tuned(run: ScriptRun, name: str, *, calls: int) -> dict[str, Any]:
-    """The module is tuned with Inductor, saw `calls` inference calls, and its winner was checked ok."""
+    """The module is tuned with a default backend, saw `calls` inference calls, and its winner was checked ok."""
     report = run.report
     assert report is not None
     assert report["version"] == 1
     assert isinstance(report["environment"], dict)
     entry = run.module(name)
     assert entry["state"] == "tuned", f"{name}: {entry}\n{run.describe()}"
-    assert entry["backend"] == INDUCTOR, entry
+    assert entry["backend"] in CPU_DEFAULTS, entry
     assert entry["calls"] == calls, f"{name}: expected {calls} calls, report says {entry['calls']}"
-    assert any(c["backend"].startswith(INDUCTOR) and c["ok"] for c in entry["candidates"]), entry["candidates"]
+    assert any(c["backend"].startswith(entry["backend"]) and c["ok"] for c in entry["candidates"]), entry["candidates"]
     assert entry["eager_latency_ms"] is not None and entry["tuned_latency_ms"] is not None, entry
     # A failure inside the hook is logged once, naming the switch that makes it raise, and the call runs eagerly.
     assert "AITUNE_STRICT" not in run.stderr, f"the hook reported a failure\n{run.describe()}"
@@ -57,6 +59,8 @@ def test_cnn_is_tuned_and_matches_eager(plain_run: PlainRun, hooked_run: HookedR
     # 3 calls are recorded; the engine may serve the other 7 of the fixed batch (the smaller batch is outside
     # the recorded shapes and may run eagerly).
     assert 1 <= engine_calls(net) <= 8, f"calls routed to the engine: {net}"
+    # Both CPU default candidates were built and checked against eager.
+    assert {c["backend"] for c in net["candidates"] if c["ok"]} == set(CPU_DEFAULTS), net["candidates"]
     # Its submodules now run inside Net's engine.
     for entry in hooked.report["modules"]:  # type: ignore[index]
         if entry["name"].startswith("Net."):
@@ -104,16 +108,19 @@ def test_bert_keyword_call_is_tuned(plain_run: PlainRun, hooked_run: HookedRun) 
         assert {"input_ids", "attention_mask", "token_type_ids"} <= inputs, inputs
 
 
-def test_training_is_untouched(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+@pytest.mark.parametrize(("backend", "routed"), [(INDUCTOR, 9), ("ONNXRuntimeBackend", 0)])
+def test_training_is_untouched(plain_run: PlainRun, hooked_run: HookedRun, backend: str, routed: int) -> None:
     plain = plain_run("train")
-    hooked = hooked_run("train", AITUNE_JIT_MIN_SAMPLES="3", **ALWAYS_TUNE).check()
+    hooked = hooked_run("train", AITUNE_JIT_MIN_SAMPLES="3", AITUNE_JIT_BACKENDS=backend, **ALWAYS_TUNE).check()
 
     # Training runs exactly as without aitune: same losses and weights, bit for bit.
     assert_results_close(hooked, plain, exact=("losses", "loss_tensor", "final_weight"))
-    # Only the 12 eval-mode calls count; 3 are recorded, the 9 after tuning use the engine and follow the weights
-    # as training changes them (checked by the eval outputs above).
+    # Only the 12 eval-mode calls count; 3 are recorded. Inductor reads the live weights, so the 9 calls after
+    # tuning use its engine as training changes them. ONNX Runtime holds a copy of the weights: every optimizer
+    # step drops its engine (never a stale answer), so every eval call runs eagerly and is recorded anew.
     mlp = assert_tuned(hooked, "MLP", calls=12)
-    assert engine_calls(mlp) == 9, mlp
+    assert mlp["backend"] == backend
+    assert engine_calls(mlp) == routed, mlp
 
 
 def test_concurrent_threads(plain_run: PlainRun, hooked_run: HookedRun) -> None:
@@ -144,3 +151,16 @@ def test_weights_reloaded_after_tuning(plain_run: PlainRun, hooked_run: HookedRu
     # Calls 4-6 are the only ones before the reload; more engine calls than that means an engine (kept or
     # rebuilt) served calls after the weights changed, and the comparison above shows it followed them.
     assert engine_calls(net) >= 4, net
+
+
+def test_override_file_picks_onnxruntime(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    """configs/onnxruntime.toml with ONNX Runtime forced to win: the script's results still match eager."""
+    from pathlib import Path
+
+    plain = plain_run("cnn")
+    config = Path(__file__).resolve().parents[2] / "configs" / "onnxruntime.toml"
+    hooked = hooked_run("cnn", AITUNE_JIT_CONFIG=str(config), AITUNE_JIT_STRATEGY="first_wins").check()
+    assert_results_close(hooked, plain)
+    net = hooked.module("Net")
+    assert net["state"] == "tuned" and net["backend"] == "ONNXRuntimeBackend", net
+    assert engine_calls(net) >= 1

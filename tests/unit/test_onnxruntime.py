@@ -51,14 +51,32 @@ def _kwargs_calls(shapes: list[tuple[int, int]]) -> list[tuple[tuple, dict]]:
 
 def test_input_names_follow_how_the_call_passed_them() -> None:
     x = torch.zeros(1)
-    assert input_names((x, (x, 2, x)), {"attention_mask": x, "cfg": {"a": x}}) == [
-        "args_0", "args_1_0", "args_1_2", "attention_mask", "cfg_a"]
+    named = (("a", x), ("b", (x, 2, x)), ("attention_mask", x), ("cfg", {"a": x}))
+    assert input_names(named, 2) == ["args_0", "args_1_0", "args_1_2", "attention_mask", "cfg_a"]
+
+
+def test_calls_of_one_signature_flatten_alike_however_arguments_are_passed() -> None:
+    net = KwargsNet().eval()
+    (call,) = _kwargs_calls([(2, 5)])
+    (ids, extra), kw = call
+    _, samples = record(net, [call])
+    io = FlatIO.from_samples(samples, net.forward)
+    forms = [((ids, extra), kw), ((ids,), {"mask": kw["mask"], "extra": extra, "scale": 0.5}),
+             ((), {"scale": 0.5, "mask": kw["mask"], "extra": extra, "ids": ids})]
+    for args, kwargs in forms:
+        flat = io.flatten(args, kwargs)
+        assert [t is u for t, u in zip(flat, [ids, extra[0], kw["mask"]])] == [True, True, True]
+    engine = ONNXRuntimeBackend().build(net, *record(net, [call]), CPU)
+    with torch.no_grad():
+        want = net(*call[0], **call[1])[0].hidden
+    for args, kwargs in forms:
+        torch.testing.assert_close(engine(*args, **kwargs)[0].hidden, want, rtol=1e-4, atol=1e-5)
 
 
 def test_flat_io_ranges_and_dynamic_dims() -> None:
     net = KwargsNet().eval()
     _, samples = record(net, _kwargs_calls([(2, 5), (4, 5), (2, 5), (3, 9)]))
-    io = FlatIO.from_samples(samples)
+    io = FlatIO.from_samples(samples, net.forward)
     assert io.input_names == ["args_0", "args_1_0", "mask"]
     assert io.dynamic_dims == [[0, 1], [0, 1], [0, 1]]
     assert io.shape_ranges[0] == ([2, 5], [2, 5], [4, 9])  # min, most common, max

@@ -7,6 +7,13 @@ from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._eager import TorchEagerBackend, TorchEagerBackendConfig
 from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInductorJitBackendConfig
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
+from aitune.torch.backend._torch_tensorrt import (
+    TorchTensorRTAotBackend,
+    TorchTensorRTAotBackendConfig,
+    TorchTensorRTConfig,
+    TorchTensorRTJitBackend,
+    TorchTensorRTJitBackendConfig,
+)
 from aitune.torch.backend._registry import (
     backend_names,
     create_backend,
@@ -15,7 +22,8 @@ from aitune.torch.backend._registry import (
     unregister_backend,
 )
 
-for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend):
+for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend, TorchTensorRTJitBackend,
+             TorchTensorRTAotBackend):
     register_backend(_cls)
 del _cls
 
@@ -29,6 +37,11 @@ __all__ = [
     "TorchEagerBackendConfig",
     "TorchInductorJitBackend",
     "TorchInductorJitBackendConfig",
+    "TorchTensorRTAotBackend",
+    "TorchTensorRTAotBackendConfig",
+    "TorchTensorRTConfig",
+    "TorchTensorRTJitBackend",
+    "TorchTensorRTJitBackendConfig",
     "backend_names",
     "create_backend",
     "get_backend_class",

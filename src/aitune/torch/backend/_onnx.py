@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from aitune.torch import _tree
-from aitune.torch._samples import Sample
+from aitune.torch._samples import InputNormalizer, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,18 @@ def _leaf_names(obj: Any, prefix: str) -> list[str]:
     return names
 
 
-def input_names(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
-    """`args_0`, `args_1_0`, ... for positional tensors, the keyword (sanitized) for keyword ones."""
+def input_names(named: Sequence[tuple[str, Any]], n_positional: int) -> list[str]:
+    """`args_0`, `args_1_0`, ... for tensors passed positionally, the keyword (sanitized) for the others.
+
+    `named` is the normalized call (`InputNormalizer.normalize`): positional values first, then keywords in
+    forward's parameter order.
+    """
     names: list[str] = []
-    for i, arg in enumerate(args):
-        names.extend(_leaf_names(arg, f"args_{i}"))
-    for key, value in kwargs.items():
-        names.extend(n.removeprefix("_") for n in _leaf_names(value, f"_{_NAME_CHARS.sub('_', key)}"))
+    for i, (key, value) in enumerate(named):
+        if i < n_positional:
+            names.extend(_leaf_names(value, f"args_{i}"))
+        else:
+            names.extend(n.removeprefix("_") for n in _leaf_names(value, f"_{_NAME_CHARS.sub('_', key)}"))
     return names
 
 
@@ -63,12 +68,19 @@ def _meta(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FlatIO:
-    """How one input signature's calls map to flat named tensors, and flat outputs back to eager's structure."""
+    """How one input signature's calls map to flat named tensors, and flat outputs back to eager's structure.
+
+    Calls are normalized against forward's parameters first, so `m(x, mask=k)`, `m(mask=k, x=x)` and
+    `m(x=x, mask=k)` (one signature) all flatten to the same order.
+    """
 
     input_names: list[str]
     output_names: list[str]
-    #: (args, kwargs) with every tensor replaced by a meta tensor: the plain values are kept.
-    inputs_template: tuple[tuple[Any, ...], dict[str, Any]]
+    #: The first sample's normalized values with every tensor replaced by a meta tensor (plain values kept),
+    #: their parameter names, and how many of them it passed positionally.
+    inputs_template: list[Any]
+    keys: list[str]
+    n_positional: int
     #: Eager's output structure with every tensor replaced by a meta tensor.
     outputs_template: Any
     #: Per input, the dimensions whose size varied across the samples.
@@ -78,14 +90,19 @@ class FlatIO:
     #: Per input and output: dtype.
     input_dtypes: list[torch.dtype]
     output_dtypes: list[torch.dtype]
+    normalizer: InputNormalizer
 
     @classmethod
-    def from_samples(cls, samples: Sequence[Sample]) -> FlatIO:
+    def from_samples(cls, samples: Sequence[Sample], forward: Any = None) -> FlatIO:
+        """Layout of the samples' signature; `forward` is the module's forward (for parameter names; without it,
+        calls must pass their arguments the way the first sample did)."""
         if not samples:
             raise ValueError("no recorded sample to export from")
+        normalizer = InputNormalizer(forward)
         first = samples[0]
-        names = input_names(first.args, first.kwargs)
-        flat_inputs = [list(_tree.tensors((s.args, s.kwargs))) for s in samples]
+        named = normalizer.normalize(first.args, first.kwargs)
+        names = input_names(named, len(first.args))
+        flat_inputs = [list(_tree.tensors([v for _, v in normalizer.normalize(s.args, s.kwargs)])) for s in samples]
         if len(names) != len(flat_inputs[0]) or not names:
             raise ValueError("the module takes no tensor input that can be named" if not names else
                              "tensor inputs could not be named consistently")
@@ -105,19 +122,21 @@ class FlatIO:
             ranges.append((lo, list(common[i]), hi))
             dynamic.append([d for d, (a, b) in enumerate(zip(lo, hi)) if a != b])
         return cls(input_names=names, output_names=[f"output_{i}" for i in range(len(outputs))],
-                   inputs_template=_tree.tree_map(_meta, (first.args, first.kwargs)),
-                   outputs_template=_tree.tree_map(_meta, first.outputs), dynamic_dims=dynamic,
-                   shape_ranges=ranges, input_dtypes=[t.dtype for t in flat_inputs[0]],
-                   output_dtypes=[t.dtype for t in outputs])
+                   inputs_template=_tree.tree_map(_meta, [v for _, v in named]), keys=[k for k, _ in named],
+                   n_positional=len(first.args), outputs_template=_tree.tree_map(_meta, first.outputs),
+                   dynamic_dims=dynamic, shape_ranges=ranges, input_dtypes=[t.dtype for t in flat_inputs[0]],
+                   output_dtypes=[t.dtype for t in outputs], normalizer=normalizer)
 
     def flatten(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-        """The call's tensors, in `input_names` order."""
-        return list(_tree.tensors((args, kwargs)))
+        """The call's tensors, in `input_names` order, however the call passed them."""
+        return list(_tree.tensors([v for _, v in self.normalizer.normalize(args, kwargs)]))
 
     def unflatten_inputs(self, flat: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A call (args, kwargs) in the first sample's form, with `flat` as its tensors."""
         it = iter(flat)
-        args, kwargs = _tree.tree_map(lambda _: next(it), self.inputs_template)
-        return args, kwargs
+        values = _tree.tree_map(lambda _: next(it), self.inputs_template)
+        n = self.n_positional
+        return tuple(values[:n]), dict(zip(self.keys[n:], values[n:]))
 
     def unflatten_outputs(self, flat: Sequence[torch.Tensor]) -> Any:
         """Eager's output structure around `flat` (in `output_names` order)."""
@@ -153,8 +172,8 @@ class FlatModule(torch.nn.Module):
 def export_onnx(module: torch.nn.Module, samples: Sequence[Sample], path: Path, *, use_dynamo: bool = True,
                 opset_version: int | None = None) -> FlatIO:
     """Export `module` to the ONNX file `path` (weights beside it when large), dynamic where samples varied."""
-    io = FlatIO.from_samples(samples)
-    flat_module = FlatModule(module, io).eval()
+    io = FlatIO.from_samples(samples, module.forward)
+    flat_module = FlatModule(module, io)
     example = tuple(t.clone() for t in io.flatten(samples[0].args, samples[0].kwargs))
     kwargs: dict[str, Any] = {"input_names": io.input_names, "output_names": io.output_names}
     if opset_version is not None:

@@ -189,4 +189,4 @@ class ONNXRuntimeBackend(Backend):
         path = Path(directory) / _MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {_MODEL_FILE} in {directory}")
-        return _OrtEngine(self._session(path, device), FlatIO.from_samples(samples), device, Path(directory), None)
+        return _OrtEngine(self._session(path, device), FlatIO.from_samples(samples, module.forward), device, Path(directory), None)
