@@ -61,6 +61,9 @@ class Backend(abc.ABC):
     device_types: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: Name of the pip extra that installs the backend's optional library, if it has one.
     extra: ClassVar[str | None] = None
+    #: True when its engines hold their own copy of the weights (see `Engine.bakes_weights`): such backends are
+    #: not tried again for a module whose weights changed in place under one of their engines.
+    bakes_weights: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig | None = None, **options: Any) -> None:
         if config is not None and options:

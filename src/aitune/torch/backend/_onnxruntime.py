@@ -131,6 +131,7 @@ class ONNXRuntimeBackend(Backend):
     config_class = ONNXRuntimeBackendConfig
     kind = "aot"
     extra = "onnxruntime"
+    bakes_weights = True
 
     config: ONNXRuntimeBackendConfig
 

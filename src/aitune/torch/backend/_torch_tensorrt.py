@@ -251,6 +251,7 @@ class TorchTensorRTJitBackend(Backend):
     kind = "jit"
     device_types = ("cuda",)
     extra = _EXTRA
+    bakes_weights = True
 
     config: TorchTensorRTJitBackendConfig
 
@@ -429,6 +430,7 @@ class TorchTensorRTAotBackend(Backend):
     kind = "aot"
     device_types = ("cuda",)
     extra = _EXTRA
+    bakes_weights = True
 
     config: TorchTensorRTAotBackendConfig
 

@@ -207,6 +207,10 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
                 what = "replaced or moved" if moved else "changed in place"
                 logger.info("%s: weights %s; %s", st.name, what,
                             "dropping its engine and re-recording" if stale_engine else "re-recording samples")
+                if stale_engine and not moved and not st.live_weights_only:
+                    st.live_weights_only = True
+                    logger.info("%s: its weights change in place; from now on only backends that read the live "
+                                "weights are tried for it", st.name)
                 _tracker.drop_engine(sig)
                 _tracker.release_samples(sig)
                 sig.status = "recording"

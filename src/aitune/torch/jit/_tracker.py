@@ -38,7 +38,7 @@ class ModuleState:
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "normalizer", "signatures", "reason", "calls", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "epoch", "tune_seconds", "__weakref__",
+        "version_sum", "epoch", "tune_seconds", "live_weights_only", "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: str, name: str, qualname: str, depth: int,
@@ -67,6 +67,9 @@ class ModuleState:
         self.version_sum = 0
         self.epoch = -1
         self.tune_seconds = 0.0
+        #: Set when the weights changed in place under an engine holding a copy of them (training between
+        #: evaluations): later tunings try only backends whose engines read the live weights.
+        self.live_weights_only = False
 
     def set_status(self, status: str, reason: str | None = None, *, walk_children: bool = False) -> None:
         """`walk_children`: pass through only after one call on the call stack, so that the children of a
@@ -82,6 +85,8 @@ class ModuleState:
         statuses = {s.status for s in self.signatures.values()}
         if "tuned" in statuses:
             return "tuned"
+        if statuses == {"eager"}:
+            return "eager"
         return "recording"
 
     def tuned_signature(self) -> SignatureRecord | None:
