@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs aitune, its test dependencies and the optional backends that install from PyPI on any machine
-# (ONNX Runtime, and TensorRT-RTX for the TensorRT build half) into the current Python environment.
+# (ONNX Runtime, TensorRT-RTX for the TensorRT build half, ModelOpt) into the current Python environment.
 # torch is pinned first when missing: a bare `torch` requirement would pull a multi-GB CUDA build on a machine
 # without a GPU. Where torch is already installed (a GPU machine), it is left as it is.
 set -euo pipefail
@@ -13,4 +13,4 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
         "$PY" -m pip install -q "torch==2.13.0"
     fi
 fi
-"$PY" -m pip install -q -e ".[test,onnxruntime,tensorrt-rtx]"
+"$PY" -m pip install -q -e ".[test,onnxruntime,tensorrt-rtx,modelopt]"

@@ -7,6 +7,8 @@ from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._eager import TorchEagerBackend, TorchEagerBackendConfig
 from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInductorJitBackendConfig
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
+from aitune.torch.backend._quantization import ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig
+from aitune.torch.backend._tensorrt import TensorRTBackend, TensorRTBackendConfig
 from aitune.torch.backend._torch_tensorrt import (
     TorchTensorRTAotBackend,
     TorchTensorRTAotBackendConfig,
@@ -22,8 +24,8 @@ from aitune.torch.backend._registry import (
     unregister_backend,
 )
 
-for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend, TorchTensorRTJitBackend,
-             TorchTensorRTAotBackend):
+for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend, TensorRTBackend,
+             TorchTensorRTJitBackend, TorchTensorRTAotBackend):
     register_backend(_cls)
 del _cls
 
@@ -31,12 +33,17 @@ __all__ = [
     "Backend",
     "BackendConfig",
     "Engine",
+    "ONNXAutoCastConfig",
+    "ONNXQuantizationConfig",
     "ONNXRuntimeBackend",
     "ONNXRuntimeBackendConfig",
+    "TensorRTBackend",
+    "TensorRTBackendConfig",
     "TorchEagerBackend",
     "TorchEagerBackendConfig",
     "TorchInductorJitBackend",
     "TorchInductorJitBackendConfig",
+    "TorchQuantizationConfig",
     "TorchTensorRTAotBackend",
     "TorchTensorRTAotBackendConfig",
     "TorchTensorRTConfig",

@@ -97,11 +97,7 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         """Short description for logs: the name and the settings that differ from the defaults."""
-        changed = self.config.model_dump(exclude_defaults=True, mode="json")
-        if not changed:
-            return self.name
-        inner = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-        return f"{self.name}({inner})"
+        return f"{self.name}{_changed_fields(self.config)}"
 
     def __repr__(self) -> str:
         return self.describe()
@@ -122,3 +118,16 @@ class Backend(abc.ABC):
         caller checks the loaded engine against them before it serves a call.
         """
         raise NotImplementedError(f"{self.name} is a {self.kind.upper()} backend: its engines are rebuilt, not loaded")
+
+
+def _changed_fields(config: BaseModel) -> str:
+    """`(a=1, inner=Other(b=2))` for the fields that differ from their defaults; empty when none do."""
+    changed = config.model_dump(exclude_defaults=True, mode="json")
+    parts = []
+    for key, value in changed.items():
+        live = getattr(config, key, None)
+        if isinstance(live, BaseModel):
+            parts.append(f"{key}={type(live).__name__}{_changed_fields(live)}")
+        else:
+            parts.append(f"{key}={value!r}")
+    return f"({', '.join(parts)})" if parts else ""
