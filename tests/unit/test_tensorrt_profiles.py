@@ -250,3 +250,20 @@ def test_example_override_files_load(monkeypatch: pytest.MonkeyPatch) -> None:
             load_jit_config()
         text = str(info.value)
         assert "pip install 'aitune[torch-tensorrt]'" in text and "tensorrt_profiles.py:" in text, text
+
+
+def test_quantized_engines_are_checked_at_their_compute_precision() -> None:
+    from aitune.torch.backend import (
+        ONNXAutoCastConfig,
+        ONNXQuantizationConfig,
+        TensorRTBackend,
+        TorchQuantizationConfig,
+    )
+
+    assert TensorRTBackend().compute_dtype() is None
+    assert TensorRTBackend(quantization_config=ONNXAutoCastConfig()).compute_dtype() is torch.float16
+    assert TensorRTBackend(quantization_config=ONNXAutoCastConfig(precision="bf16")).compute_dtype() is torch.bfloat16
+    assert TensorRTBackend(quantization_config=ONNXQuantizationConfig()).compute_dtype() is torch.float16
+    fp32 = ONNXQuantizationConfig(high_precision_dtype="fp32")
+    assert TensorRTBackend(quantization_config=fp32).compute_dtype() is None
+    assert TensorRTBackend(quantization_config=TorchQuantizationConfig()).compute_dtype() is torch.float16

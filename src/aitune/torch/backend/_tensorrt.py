@@ -406,8 +406,10 @@ class TensorRTBackend(Backend):
                               result.profiles)
             (root / META_FILE).write_text(meta.to_json())
             runtime, engine = deserialize(trt, result.plan, target)
-            return TensorRTEngine(engine, io, meta, target, module, use_cuda_graphs=self.config.use_cuda_graphs,
-                                  runtime=runtime, artifact_dir=root, owned_dir=owned)
+            built = TensorRTEngine(engine, io, meta, target, module, use_cuda_graphs=self.config.use_cuda_graphs,
+                                   runtime=runtime, artifact_dir=root, owned_dir=owned)
+            built.compute_dtype = self.compute_dtype()
+            return built
         except BaseException:
             owned.cleanup()
             raise
@@ -424,5 +426,18 @@ class TensorRTBackend(Backend):
                                f"process has {trt.__name__} {library_version(trt)}, which cannot run it: rebuild it")
         target = self._target(device)
         runtime, engine = deserialize(trt, (directory / PLAN_FILE).read_bytes(), target)
-        return TensorRTEngine(engine, FlatIO.from_samples(samples, module.forward), meta, target, module,
-                              use_cuda_graphs=self.config.use_cuda_graphs, runtime=runtime, artifact_dir=directory)
+        loaded = TensorRTEngine(engine, FlatIO.from_samples(samples, module.forward), meta, target, module,
+                                use_cuda_graphs=self.config.use_cuda_graphs, runtime=runtime, artifact_dir=directory)
+        loaded.compute_dtype = self.compute_dtype()
+        return loaded
+
+    def compute_dtype(self) -> torch.dtype | None:
+        """The reduced precision the quantization step computes in: outputs are checked against eager with the
+        looser of its tolerance and the output dtype's (int8/fp8 recipes are checked at their high-precision
+        dtype's tolerance; widen `tolerances` to accept more quantization error)."""
+        quant = self.config.quantization_config
+        if quant is None:
+            return None
+        name = quant.precision if isinstance(quant, ONNXAutoCastConfig) else getattr(quant, "high_precision_dtype",
+                                                                                     "fp16")
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name)

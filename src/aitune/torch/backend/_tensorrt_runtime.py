@@ -173,6 +173,8 @@ class TensorRTEngine(Engine):
         if self._context is None:
             raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
         self._active_profile = 0
+        #: Set by the backend when a quantization step lowered the precision (the outputs' check uses it).
+        self.compute_dtype: torch.dtype | None = None
         self._choices: dict[tuple[tuple[int, ...], ...], int | None] = {}
         self._graph: _Graph | None = None
         self.captures = 0
