@@ -459,7 +459,8 @@ def test_unknown_backend_name_lists_registered(monkeypatch: pytest.MonkeyPatch) 
     text = str(_load_error())
     assert "backends" in text and "AITUNE_JIT_BACKENDS" in text and "TensorRTMagic" in text
     registered = text.split("Registered backends: ", 1)[1]
-    assert "TorchEagerBackend, TorchInductorJitBackend" in registered and "ONNXRuntimeBackend" in registered
+    assert all(name in registered for name in ("TorchEagerBackend", "TorchInductorJitBackend", "ONNXRuntimeBackend",
+                                               "TensorRTBackend", "TorchInductorAotBackend"))
 
 
 def test_unknown_backend_suggests_close_name() -> None:

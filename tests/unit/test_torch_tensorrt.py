@@ -135,8 +135,8 @@ def test_invalid_settings_are_rejected() -> None:
 def test_compile_config_from_a_dict_and_describe() -> None:
     backend = TorchTensorRTAotBackend(compile_config={"enabled_precisions": ["fp16"], "min_block_size": 1})
     assert isinstance(backend.config.compile_config, TorchTensorRTConfig)
-    assert backend.describe() == ("TorchTensorRTAotBackend(compile_config={'enabled_precisions': ['fp16'], "
-                                  "'min_block_size': 1})")
+    assert backend.describe() == ("TorchTensorRTAotBackend(compile_config=TorchTensorRTConfig("
+                                  "enabled_precisions=['fp16'], min_block_size=1))")
     assert TorchTensorRTJitBackend().describe() == "TorchTensorRTJitBackend"
     json.dumps(backend.engine_settings())
 

@@ -6,6 +6,7 @@ Register your own with `register_backend`; config files name backends by their r
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._eager import TorchEagerBackend, TorchEagerBackendConfig
 from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInductorJitBackendConfig
+from aitune.torch.backend._inductor_aot import TorchInductorAotBackend, TorchInductorAotBackendConfig
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
 from aitune.torch.backend._quantization import ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig
 from aitune.torch.backend._tensorrt import TensorRTBackend, TensorRTBackendConfig
@@ -24,7 +25,7 @@ from aitune.torch.backend._registry import (
     unregister_backend,
 )
 
-for _cls in (TorchEagerBackend, TorchInductorJitBackend, ONNXRuntimeBackend, TensorRTBackend,
+for _cls in (TorchEagerBackend, TorchInductorJitBackend, TorchInductorAotBackend, ONNXRuntimeBackend, TensorRTBackend,
              TorchTensorRTJitBackend, TorchTensorRTAotBackend):
     register_backend(_cls)
 del _cls
@@ -41,6 +42,8 @@ __all__ = [
     "TensorRTBackendConfig",
     "TorchEagerBackend",
     "TorchEagerBackendConfig",
+    "TorchInductorAotBackend",
+    "TorchInductorAotBackendConfig",
     "TorchInductorJitBackend",
     "TorchInductorJitBackendConfig",
     "TorchQuantizationConfig",

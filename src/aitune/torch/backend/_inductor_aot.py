@@ -1,0 +1,403 @@
+"""TorchInductorAotBackend: `torch.export`, then AOTInductor, packaged as one `.pt2` file that can be saved and
+loaded in another process.
+
+The module is exported through a small adapter whose forward takes the call's tensors as one flat tuple and
+returns the output tensors as one flat tuple: plain input values (ints, bools, None, ...) are part of the input
+signature, so they are baked in as constants, and the engine rebuilds the structure eager returned (tuples,
+dicts, dataclasses, ModelOutput) around the flat outputs. A dimension is dynamic exactly when its size varied
+across the recorded samples, with the recorded range as its bounds (`Dim.AUTO(min, max)`, so torch.export
+infers which dynamic sizes are equal, e.g. the batch of input_ids and attention_mask); every other dimension is
+static. A dynamic dimension that torch.export makes static or narrows (because the module's code branches on
+it) rejects the candidate at build time with the reason.
+
+Known limits:
+- torch.export treats sizes 0 and 1 as static: a dynamic dimension's exported range starts at 2 and the traced
+  sample is one whose dynamic sizes are all at least 2. Recorded samples of size 1 are still checked on the
+  engine by the strategy before it serves a call; a dimension that varied only between 0 and 1, or samples
+  where no single one has every dynamic size >= 2, are rejected.
+- AOTInductor checks neither sizes nor strides at run time. Sizes: calls outside the recorded range are routed
+  to eager by the tuner, never here. Strides: inputs are made contiguous (or channels-last, when the traced
+  sample was) before the call, so an in-place change the module makes to a non-contiguous input lands in that
+  copy, not in the caller's tensor.
+- Inputs are fed in the order of forward's parameters, so keywords passed in another order, or a positional
+  parameter passed by keyword, reach the same graph input.
+- The package holds its own copy of the weights (`bakes_weights`), outputs never require grad, and a package
+  loads only under the torch version that built it. A loaded engine reads the package where it was saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+
+from aitune.torch import _tree
+from aitune.torch._errors import TuningError
+from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord
+from aitune.torch.backend._base import Backend, BackendConfig, Engine
+
+logger = logging.getLogger(__name__)
+
+_PACKAGE_FILE = "model.pt2"
+_META_FILE = "aitune_aot.json"
+_FORMAT = 1
+_MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
+                   "channels_last_3d": torch.channels_last_3d}
+#: Inductor options that would make aoti_compile_and_package write something this backend cannot load.
+_FORBIDDEN_OPTIONS = {"aot_inductor.output_path": "the backend chooses the package path",
+                      "aot_inductor.package_cpp_only": "the package would hold C++ sources but no loadable library"}
+_NAME = "TorchInductorAotBackend"
+
+
+class TorchInductorAotBackendConfig(BackendConfig):
+    """Settings of torch.export and of AOTInductor's `aoti_compile_and_package`."""
+
+    dynamic: bool = Field(
+        default=True, description="Export the dimensions whose size varied across the recorded samples as "
+        "dynamic, bounded by the recorded range; False: export static shapes only (a signature whose recorded "
+        "shapes varied is rejected).")
+    inductor_configs: dict[str, Any] | None = Field(
+        default=None, description="Inductor config options for AOTInductor (aoti_compile_and_package's "
+        "`inductor_configs`, e.g. {'max_autotune': True}).")
+    strict_export: bool = Field(
+        default=False, description="torch.export's strict mode (trace with TorchDynamo); False: non-strict "
+        "tracing, which accepts more Python.")
+
+    @field_validator("inductor_configs")
+    @classmethod
+    def _loadable_package(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in value or {}:
+            if key in _FORBIDDEN_OPTIONS:
+                raise ValueError(f"inductor_configs may not set {key!r}: {_FORBIDDEN_OPTIONS[key]}")
+        return value
+
+
+def _memory_format_name(t: torch.Tensor) -> str:
+    """The layout the engine feeds this input in: the traced sample's when it is a standard one."""
+    if t.is_contiguous():
+        return "contiguous"
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    return "contiguous"
+
+
+class _CallLayout:
+    """How calls of one input signature map to the flat tensors of the exported program, and back.
+
+    Inputs are taken in the order of the module's forward parameters (`InputNormalizer`), so a call passing
+    keywords in another order, or a positional parameter by keyword, feeds the same tensors in the same order.
+    """
+
+    def __init__(self, module: torch.nn.Module, sample: Sample) -> None:
+        self.normalizer = InputNormalizer(module.forward)
+        named = self.normalizer.normalize(sample.args, sample.kwargs)
+        self.names = [name for name, _ in named]
+        self.values = [value for _, value in named]
+        # Leading entries that can be passed positionally: forward's own order, no gap; the rest by keyword.
+        positional = 0
+        for name in self.names:
+            if name.startswith("*") or (positional < len(self.normalizer.names)
+                                        and self.normalizer.names[positional] == name):
+                positional += 1
+            else:
+                break
+        self.positional = positional
+        self.input_paths = [path for path, leaf in _tree.leaf_paths(dict(named)) if isinstance(leaf, torch.Tensor)]
+        self.output_template = _tree.tree_map(_slot, sample.outputs)
+        self.num_outputs = sum(1 for _ in _tree.tensors(sample.outputs))
+
+    def flat_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        if not kwargs:
+            return list(_tree.tensors(args))
+        return list(_tree.tensors([value for _, value in self.normalizer.normalize(args, kwargs)]))
+
+    def call_from_flat(self, flat: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        it = iter(flat)
+        values = _tree.tree_map(lambda _: next(it), self.values)
+        return tuple(values[:self.positional]), dict(zip(self.names[self.positional:], values[self.positional:]))
+
+    def outputs_from_flat(self, flat: Sequence[torch.Tensor]) -> Any:
+        it = iter(flat)
+        return _tree.tree_map(lambda _: next(it), self.output_template)
+
+
+def _slot(t: torch.Tensor) -> torch.Tensor:
+    # A template placeholder that holds no memory.
+    return torch.empty(0, dtype=t.dtype, device="meta")
+
+
+class _FlatModule(torch.nn.Module):
+    """`forward(*flat_tensors) -> tuple of tensors` around the module: what torch.export traces."""
+
+    def __init__(self, module: torch.nn.Module, layout: _CallLayout) -> None:
+        super().__init__()
+        self.inner = module
+        self._layout = layout
+        self.training = module.training  # never .eval()/.train() here: that would change the user's module
+
+    def forward(self, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        args, kwargs = self._layout.call_from_flat(flat)
+        # _call_impl: the module's own hooks run, aitune's patched __call__ is not re-entered for it.
+        out = self.inner._call_impl(*args, **kwargs)
+        return tuple(_tree.tensors(out))
+
+
+class _AotEngine(Engine):
+    bakes_weights = True
+
+    def __init__(self, model: Any, layout: _CallLayout, meta: dict[str, Any], package: Path,
+                 owned_dir: tempfile.TemporaryDirectory[str] | None) -> None:
+        self._model = model
+        # The loader's own run skips AOTICompiledModel.__call__'s per-call pytree spec parsing (~10 us).
+        loader = getattr(model, "loader", None)
+        self._run = loader.run if loader is not None and hasattr(loader, "run") else (lambda flat: model(*flat))
+        self._layout = layout
+        self._formats = [_MEMORY_FORMATS[i["memory_format"]] for i in meta["inputs"]]
+        self._num_inputs = len(self._formats)
+        self._single_output = isinstance(layout.output_template, torch.Tensor)
+        self.meta = meta
+        self.package = package
+        self._owned_dir = owned_dir  # TemporaryDirectory removes itself when collected, too
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self._layout.flat_inputs(args, kwargs)
+        if len(flat) != self._num_inputs:
+            raise TypeError(f"this engine takes {self._num_inputs} tensor(s), the call passed {len(flat)}")
+        for i, fmt in enumerate(self._formats):
+            t = flat[i]
+            if not t.is_contiguous(memory_format=fmt):
+                flat[i] = t.contiguous(memory_format=fmt)
+        out = self._run(flat)
+        if self._single_output:
+            return out[0]
+        return self._layout.outputs_from_flat(out)
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        shutil.copyfile(self.package, directory / _PACKAGE_FILE)
+        (directory / _META_FILE).write_text(json.dumps(self.meta, indent=1))
+
+    def release(self) -> None:
+        self._model = None
+        self._run = _released
+        if self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None
+
+
+def _released(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    raise RuntimeError("this engine was released")
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.type == "cuda" and device.index is not None else -1
+
+
+class TorchInductorAotBackend(Backend):
+    """torch.export, then AOTInductor (`aoti_compile_and_package`); the `.pt2` package can be saved."""
+
+    config_class = TorchInductorAotBackendConfig
+    kind = "aot"
+    device_types = ("cpu", "cuda")
+
+    config: TorchInductorAotBackendConfig
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        # AOTInductor compiles its C++ wrapper (and CPU kernels) with the system's compiler, on CUDA too.
+        if os.name == "nt" or os.environ.get("CXX") or any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return None
+        return f"{cls.__name__} compiles C++ with AOTInductor and found no C++ compiler: install g++ or set CXX"
+
+    def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+              device: torch.device) -> Engine:
+        if not samples:
+            raise TuningError(f"{self.name} needs at least one recorded sample", backend=self.name)
+        layout = _CallLayout(module, samples[0])
+        _check_plain_values(layout)
+        flats = [layout.flat_inputs(s.args, s.kwargs) for s in samples]
+        if not flats[0]:
+            raise TuningError(f"{self.name}: {type(module).__name__} takes no tensor input", backend=self.name)
+        if not layout.num_outputs:
+            raise TuningError(f"{self.name}: {type(module).__name__} returns no tensor", backend=self.name)
+        lows, highs = _shape_range(flats, layout)
+        dynamic = [[d for d, (lo, hi) in enumerate(zip(los, his)) if lo != hi] for los, his in zip(lows, highs)]
+        self._check_dynamic(layout, dynamic, lows, highs)
+        example = next((flat for flat in flats if all(flat[i].shape[d] >= 2 for i, dims in enumerate(dynamic)
+                                                       for d in dims)), None)
+        if example is None:
+            raise TuningError(f"{self.name}: no recorded sample has every varying size at least 2, and torch.export "
+                              f"treats sizes 0 and 1 as static: {_describe_dims(layout, dynamic, lows, highs)}",
+                              backend=self.name)
+        formats = [_memory_format_name(t) for t in example]
+        example = [t.contiguous(memory_format=_MEMORY_FORMATS[f]) for t, f in zip(example, formats)]
+        dynamic_shapes = None
+        if any(dynamic):
+            auto = torch.export.Dim.AUTO
+            # One entry, forward's *flat, holding a tuple (not a list) with one spec per flat input.
+            dynamic_shapes = (tuple({d: auto(min=max(lows[i][d], 2), max=highs[i][d]) for d in dims} or None
+                                    for i, dims in enumerate(dynamic)),)
+
+        start = time.perf_counter()
+        try:
+            program = torch.export.export(_FlatModule(module, layout), tuple(example), dynamic_shapes=dynamic_shapes,
+                                          strict=self.config.strict_export)
+        except Exception as e:
+            strict = self.config.strict_export
+            raise TuningError(f"{self.name}: torch.export (strict_export={strict}) failed for "
+                              f"{type(module).__name__}: {type(e).__name__}: {e}", backend=self.name) from e
+        self._check_exported(program, layout, dynamic, lows, highs)
+        export_s = time.perf_counter() - start
+
+        from torch._inductor import aoti_compile_and_package, aoti_load_package
+
+        owned = tempfile.TemporaryDirectory(prefix="aitune-aot-")
+        try:
+            package = Path(owned.name) / _PACKAGE_FILE
+            try:
+                with warnings.catch_warnings():
+                    # torch's deep copy of the graph warns about torch's own deprecated pytree API: not actionable.
+                    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                                            category=FutureWarning)
+                    # aoti_compile_and_package writes into the dict it is given: pass a copy.
+                    aoti_compile_and_package(program, package_path=str(package),
+                                             inductor_configs=dict(self.config.inductor_configs or {}))
+            except Exception as e:
+                raise TuningError(f"{self.name}: AOTInductor failed to compile {type(module).__name__}: "
+                                  f"{type(e).__name__}: {e}", backend=self.name) from e
+            del program
+            model = aoti_load_package(str(package), device_index=_device_index(device))
+            logger.debug("%s: exported %s in %.1f s, compiled and loaded in %.1f s", self.name,
+                         type(module).__name__, export_s, time.perf_counter() - start - export_s)
+            meta = {"format": _FORMAT, "backend": self.name, "torch_version": torch.__version__,
+                    "device_type": device.type, "settings": self.engine_settings(),
+                    "inputs": [{"name": path, "dtype": str(t.dtype).removeprefix("torch."), "memory_format": fmt,
+                                "min_shape": lo, "max_shape": hi, "dynamic_dims": dims}
+                               for path, t, fmt, lo, hi, dims in zip(layout.input_paths, example, formats, lows,
+                                                                      highs, dynamic)],
+                    "num_outputs": layout.num_outputs}
+            return _AotEngine(model, layout, meta, package, owned)
+        except BaseException:
+            owned.cleanup()
+            raise
+
+    def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+             device: torch.device) -> Engine:
+        directory = Path(directory)
+        package, meta_path = directory / _PACKAGE_FILE, directory / _META_FILE
+        if not package.is_file() or not meta_path.is_file():
+            raise FileNotFoundError(f"{self.name}: {directory} holds no saved engine ({_PACKAGE_FILE} and "
+                                    f"{_META_FILE} are expected)")
+        if not samples:
+            raise TuningError(f"{self.name} needs a recorded sample to load an engine", backend=self.name)
+        meta = json.loads(meta_path.read_text())
+        problem = _load_problem(meta, device)
+        layout = _CallLayout(module, samples[0])
+        flat = layout.flat_inputs(samples[0].args, samples[0].kwargs)
+        saved = [(i["name"], i["dtype"]) for i in meta.get("inputs", [])]
+        current = [(p, str(t.dtype).removeprefix("torch.")) for p, t in zip(layout.input_paths, flat)]
+        if problem is None and saved != current:
+            problem = f"it takes inputs {saved}, the module is called with {current}"
+        if problem is None and meta.get("num_outputs") != layout.num_outputs:
+            problem = f"it returns {meta.get('num_outputs')} tensor(s), the module returns {layout.num_outputs}"
+        if problem is not None:
+            raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
+                              f"to rebuild", backend=self.name)
+        from torch._inductor import aoti_load_package
+
+        model = aoti_load_package(str(package), device_index=_device_index(device))
+        return _AotEngine(model, layout, meta, package, None)
+
+    def _check_dynamic(self, layout: _CallLayout, dynamic: list[list[int]], lows: list[list[int]],
+                       highs: list[list[int]]) -> None:
+        if any(dynamic) and not self.config.dynamic:
+            raise TuningError(f"{self.name}(dynamic=False) exports static shapes, but these sizes varied across "
+                              f"the recorded samples: {_describe_dims(layout, dynamic, lows, highs)}",
+                              backend=self.name)
+        tiny = [[d for d in dims if highs[i][d] < 2] for i, dims in enumerate(dynamic)]
+        if any(tiny):
+            raise TuningError(f"{self.name}: these sizes varied only between 0 and 1, which torch.export always "
+                              f"treats as static: {_describe_dims(layout, tiny, lows, highs)}", backend=self.name)
+
+    def _check_exported(self, program: Any, layout: _CallLayout, dynamic: list[list[int]], lows: list[list[int]],
+                        highs: list[list[int]]) -> None:
+        """Reject a program in which a recorded-dynamic dimension came out static or with a narrower range: its
+        engine would silently compute the traced branch for other sizes (AOTInductor does not check sizes)."""
+        from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+        placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+        user_inputs = list(program.graph_signature.user_inputs)
+        problems: list[str] = []
+        for i, (name, dims) in enumerate(zip(user_inputs, dynamic)):
+            value = placeholders[name].meta.get("val") if name in placeholders else None
+            if not isinstance(value, torch.Tensor):
+                continue
+            for d in dims:
+                size = value.shape[d]
+                where = f"{layout.input_paths[i]} dim {d} (recorded {lows[i][d]}..{highs[i][d]})"
+                if is_concrete_int(size) or not isinstance(size, torch.SymInt):
+                    problems.append(f"{where} became static at size {int(size)}")
+                    continue
+                expr = size.node.expr
+                bounds = program.range_constraints.get(expr)
+                if bounds is None:
+                    continue  # a derived size (e.g. 2 * s0): its symbol's range is checked where it is an input
+                if bool(bounds.lower > max(lows[i][d], 2)) or bool(bounds.upper < highs[i][d]):
+                    problems.append(f"{where} was narrowed to {bounds.lower}..{bounds.upper}")
+        if problems:
+            raise TuningError(f"{self.name}: torch.export could not keep every recorded size: "
+                              f"{'; '.join(problems)}. The module's code fixes or branches on these sizes (e.g. "
+                              f"`if x.shape[0] > 4:`), so one exported program cannot serve the recorded range",
+                              backend=self.name)
+
+
+def _check_plain_values(layout: _CallLayout) -> None:
+    """Non-tensor inputs are baked in as constants: only values that are part of the signature key may be."""
+    for path, leaf in _tree.leaf_paths(dict(zip(layout.names, layout.values))):
+        if not isinstance(leaf, torch.Tensor) and _tree.spec(leaf)[0] != "V":
+            raise TuningError(f"{_NAME}: input {path} is a {type(leaf).__qualname__}; only tensors and plain "
+                              f"values (numbers, strings, None, dtypes, ...) inside tuples, lists and dicts can "
+                              f"be exported", backend=_NAME)
+
+
+def _describe_dims(layout: _CallLayout, dims: list[list[int]], lows: list[list[int]], highs: list[list[int]]) -> str:
+    return ", ".join(f"{layout.input_paths[i]} dim {d} ({lows[i][d]}..{highs[i][d]})"
+                     for i, ds in enumerate(dims) for d in ds)
+
+
+def _shape_range(flats: list[list[torch.Tensor]], layout: _CallLayout) -> tuple[list[list[int]], list[list[int]]]:
+    """Per flat input, the smallest and largest size of each dimension over the samples."""
+    lows = [list(t.shape) for t in flats[0]]
+    highs = [list(t.shape) for t in flats[0]]
+    for flat in flats[1:]:
+        if len(flat) != len(lows) or any(t.dim() != len(lo) for t, lo in zip(flat, lows)):
+            raise TuningError(f"{_NAME}: the recorded samples do not share one input structure "
+                              f"({', '.join(layout.input_paths)})", backend=_NAME)
+        for t, lo, hi in zip(flat, lows, highs):
+            for d, size in enumerate(t.shape):
+                lo[d] = min(lo[d], size)
+                hi[d] = max(hi[d], size)
+    return lows, highs
+
+
+def _load_problem(meta: dict[str, Any], device: torch.device) -> str | None:
+    if meta.get("format") != _FORMAT or meta.get("backend") != _NAME:
+        return f"it is not a {_NAME} engine of format {_FORMAT}"
+    if meta.get("torch_version") != torch.__version__:
+        return f"it was built with torch {meta.get('torch_version')}, this process runs torch {torch.__version__}"
+    if meta.get("device_type") != device.type:
+        return f"it was built for {meta.get('device_type')}, the module is on {device.type}"
+    return None
+
