@@ -265,3 +265,18 @@ def test_config_settings_and_description() -> None:
         backend.config.dynamic = False
     assert "bounded by the recorded range" in (TorchInductorAotBackendConfig.model_fields["dynamic"].description
                                                or "")
+
+
+def test_a_package_that_crashes_its_loader_is_rejected_not_loaded(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """The first package of a device type is loaded in a child process: a native crash there (here: abort())
+    rejects the candidate with the exit status, and this process goes on."""
+    from aitune.torch.backend import _inductor_aot
+
+    monkeypatch.setattr(_inductor_aot, "_CHILD_LOADED", set())
+    monkeypatch.setattr(_inductor_aot, "_CHILD_LOAD", "import os; os.abort()")
+    package = tmp_path / "model.pt2"
+    package.write_bytes(b"not loaded here")
+    with pytest.raises(TuningError, match=r"killed a test process \(exit -6"):
+        _inductor_aot._load_safely(package, torch.device("cpu"))
+    assert _inductor_aot._CHILD_LOADED == set()

@@ -23,6 +23,10 @@ Known limits:
   parameter passed by keyword, reach the same graph input.
 - The package holds its own copy of the weights (`bakes_weights`), outputs never require grad, and a package
   loads only under the torch version that built it. A loaded engine reads the package where it was saved.
+- Loading a package is native code that can crash the process (seen on the GPU machine: torch 2.11+cu130's
+  `aoti_load_package` segfaults on every package, CPU and CUDA alike, even in a plain script). So the first
+  package of each device type in a process is loaded in a child process first; if that child dies, the
+  candidate is rejected and the user's process lives on. Later packages are loaded directly.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -57,6 +63,33 @@ _MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch
 _FORBIDDEN_OPTIONS = {"aot_inductor.output_path": "the backend chooses the package path",
                       "aot_inductor.package_cpp_only": "the package would hold C++ sources but no loadable library"}
 _NAME = "TorchInductorAotBackend"
+#: Device types whose packages have been loaded safely in a child process (see `_load_safely`).
+_CHILD_LOADED: set[str] = set()
+_CHILD_LOAD = """
+import sys, torch
+from torch._inductor import aoti_load_package
+aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))
+"""
+
+
+def _load_safely(package: Path, device: torch.device) -> Any:
+    """`aoti_load_package`, after proving once per process and device type that it does not crash a process."""
+    if device.type not in _CHILD_LOADED:
+        env = {k: v for k, v in os.environ.items() if not (k.startswith("AITUNE_") or k == "AUTOWRAPT_BOOTSTRAP")}
+        try:
+            proc = subprocess.run([sys.executable, "-c", _CHILD_LOAD, str(package), str(_device_index(device))],
+                                  env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            raise TuningError(f"{_NAME}: loading the AOTInductor package in a test process did not finish in "
+                              f"{e.timeout:.0f} s", backend=_NAME) from None
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            raise TuningError(f"{_NAME}: loading the AOTInductor package killed a test process (exit "
+                              f"{proc.returncode}: {tail}); not loading it into this one", backend=_NAME)
+        _CHILD_LOADED.add(device.type)
+    from torch._inductor import aoti_load_package
+
+    return aoti_load_package(str(package), device_index=_device_index(device))
 
 
 class TorchInductorAotBackendConfig(BackendConfig):
@@ -261,7 +294,7 @@ class TorchInductorAotBackend(Backend):
         self._check_exported(program, layout, dynamic, lows, highs)
         export_s = time.perf_counter() - start
 
-        from torch._inductor import aoti_compile_and_package, aoti_load_package
+        from torch._inductor import aoti_compile_and_package
 
         owned = tempfile.TemporaryDirectory(prefix="aitune-aot-")
         try:
@@ -278,7 +311,7 @@ class TorchInductorAotBackend(Backend):
                 raise TuningError(f"{self.name}: AOTInductor failed to compile {type(module).__name__}: "
                                   f"{type(e).__name__}: {e}", backend=self.name) from e
             del program
-            model = aoti_load_package(str(package), device_index=_device_index(device))
+            model = _load_safely(package, device)
             logger.debug("%s: exported %s in %.1f s, compiled and loaded in %.1f s", self.name,
                          type(module).__name__, export_s, time.perf_counter() - start - export_s)
             meta = {"format": _FORMAT, "backend": self.name, "torch_version": torch.__version__,
@@ -315,10 +348,7 @@ class TorchInductorAotBackend(Backend):
         if problem is not None:
             raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
                               f"to rebuild", backend=self.name)
-        from torch._inductor import aoti_load_package
-
-        model = aoti_load_package(str(package), device_index=_device_index(device))
-        return _AotEngine(model, layout, meta, package, None)
+        return _AotEngine(_load_safely(package, device), layout, meta, package, None)
 
     def _check_dynamic(self, layout: _CallLayout, dynamic: list[list[int]], lows: list[list[int]],
                        highs: list[list[int]]) -> None:
