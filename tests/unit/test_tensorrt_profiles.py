@@ -235,6 +235,10 @@ def test_example_override_files_load(monkeypatch: pytest.MonkeyPatch) -> None:
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     monkeypatch.setenv("AITUNE_JIT_CONFIG", str(configs / "tensorrt.toml"))
+    if not (_optional.installed("tensorrt") or _optional.installed("tensorrt_rtx")):
+        with pytest.raises(ConfigError, match=r"pip install 'aitune\[tensorrt\]'"):
+            load_jit_config()
+        return
     load_jit_config()
     trt, inductor = config.backends or []
     assert isinstance(trt, TensorRTBackend) and isinstance(inductor, TorchInductorJitBackend)
