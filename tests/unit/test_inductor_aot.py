@@ -16,26 +16,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from aitune.torch import _tree
 from aitune.torch._errors import TuningError
-from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord, signature_key
 from aitune.torch.backend._inductor_aot import TorchInductorAotBackend, TorchInductorAotBackendConfig
 
 from .helpers import Net
+from .helpers import record as _record
 
 CPU = torch.device("cpu")
-
-
-def _record(module: torch.nn.Module, calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-            ) -> tuple[SignatureRecord, list[Sample]]:
-    """Samples as aitune records them: copies of the inputs and of the eager outputs."""
-    samples = []
-    with torch.no_grad():
-        for args, kwargs in calls:
-            out = module(*args, **kwargs)
-            samples.append(Sample(args=_tree.clone(args), kwargs=_tree.clone(kwargs), outputs=_tree.clone(out)))
-    named = InputNormalizer(module.forward).normalize(*calls[0])
-    return SignatureRecord.from_call(signature_key(named), named), samples
 
 
 def _eager(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -95,7 +82,7 @@ def test_linear_relu_matches_eager_and_round_trips(tmp_path: Path) -> None:
     engine.save(saved)
     assert sorted(p.name for p in saved.iterdir()) == ["aitune_aot.json", "model.pt2"]
     meta = json.loads((saved / "aitune_aot.json").read_text())
-    assert meta["inputs"] == [{"name": "x", "dtype": "float32", "memory_format": "contiguous",
+    assert meta["inputs"] == [{"name": "args_0", "dtype": "float32", "memory_format": "contiguous",
                                "min_shape": [4, 16], "max_shape": [4, 16], "dynamic_dims": []}]
     assert meta["num_outputs"] == 1 and meta["torch_version"] == torch.__version__
     assert not [n for n in zipfile.ZipFile(saved / "model.pt2").namelist() if n.endswith((".pkl", ".pickle"))]
@@ -197,7 +184,7 @@ class Branchy(torch.nn.Module):
 def test_a_size_the_code_branches_on_is_reported_before_compiling(op: str, message: str) -> None:
     module = Branchy(op)
     sig, samples = _record(module, [((torch.randn(6, 3),), {}), ((torch.randn(2, 3),), {})])
-    with pytest.raises(TuningError, match=f"x dim 0 \\(recorded 2..6\\) {message}"):
+    with pytest.raises(TuningError, match=f"args_0 dim 0 \\(recorded 2..6\\) {message}"):
         TorchInductorAotBackend().build(module, sig, samples, CPU)
 
 
@@ -205,17 +192,17 @@ def test_sizes_of_zero_and_one_are_reported() -> None:
     module = torch.nn.ReLU()
     sig, samples = _record(module, [((torch.randn(1, 5),), {}), ((torch.randn(5, 1),), {})])
     with pytest.raises(TuningError, match=r"no recorded sample has every varying size at least 2.*"
-                                          r"input dim 0 \(1..5\), input dim 1 \(1..5\)"):
+                                          r"args_0 dim 0 \(1..5\), args_0 dim 1 \(1..5\)"):
         TorchInductorAotBackend().build(module, sig, samples, CPU)
     sig, samples = _record(module, [((torch.randn(0, 5),), {}), ((torch.randn(1, 5),), {})])
-    with pytest.raises(TuningError, match=r"varied only between 0 and 1.*: input dim 0 \(0..1\)"):
+    with pytest.raises(TuningError, match=r"varied only between 0 and 1.*: args_0 dim 0 \(0..1\)"):
         TorchInductorAotBackend().build(module, sig, samples, CPU)
 
 
 def test_static_mode_rejects_varied_shapes_and_opaque_inputs_are_rejected() -> None:
     net = Net(width=8)
     sig, samples = _record(net, [((torch.randn(2, 8),), {}), ((torch.randn(3, 8),), {})])
-    with pytest.raises(TuningError, match=r"dynamic=False.*x dim 0 \(2..3\)"):
+    with pytest.raises(TuningError, match=r"dynamic=False.*args_0 dim 0 \(2..3\)"):
         TorchInductorAotBackend(dynamic=False).build(net, sig, samples, CPU)
 
     class Opaque:

@@ -10,7 +10,8 @@ import torch
 
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch.backend import _optional
-from aitune.torch.backend._onnx import FlatIO, export_onnx, input_names
+from aitune.torch.backend._flat import FlatIO, input_names
+from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
 
 from .helpers import Net, record

@@ -23,7 +23,8 @@ import torch
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch.backend import _optional
 from aitune.torch.backend import _tensorrt_runtime as rt
-from aitune.torch.backend._onnx import FlatIO, export_onnx
+from aitune.torch.backend._flat import FlatIO
+from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._tensorrt import (
     TensorRTBackend,
     TensorRTBackendConfig,

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch.backend import _optional
-from aitune.torch.backend._onnx import FlatIO
+from aitune.torch.backend._flat import FlatIO
 from aitune.torch.backend._quantization import (
     ONNXAutoCastConfig,
     ONNXQuantizationConfig,

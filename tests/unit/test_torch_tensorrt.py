@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch.backend import _optional
-from aitune.torch.backend._onnx import FlatIO, FlatModule
+from aitune.torch.backend._flat import FlatIO, FlatModule
 from aitune.torch.backend._torch_tensorrt import (
     InputRange,
     TorchTensorRTAotBackend,

@@ -49,8 +49,9 @@ from pydantic import Field, field_validator
 
 from aitune.torch import _tree
 from aitune.torch._errors import TuningError
-from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord
+from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
+from aitune.torch.backend._flat import FlatIO, FlatModule
 
 logger = logging.getLogger(__name__)
 
@@ -126,71 +127,10 @@ def _memory_format_name(t: torch.Tensor) -> str:
     return "contiguous"
 
 
-class _CallLayout:
-    """How calls of one input signature map to the flat tensors of the exported program, and back.
-
-    Inputs are taken in the order of the module's forward parameters (`InputNormalizer`), so a call passing
-    keywords in another order, or a positional parameter by keyword, feeds the same tensors in the same order.
-    """
-
-    def __init__(self, module: torch.nn.Module, sample: Sample) -> None:
-        self.normalizer = InputNormalizer(module.forward)
-        named = self.normalizer.normalize(sample.args, sample.kwargs)
-        self.names = [name for name, _ in named]
-        self.values = [value for _, value in named]
-        # Leading entries that can be passed positionally: forward's own order, no gap; the rest by keyword.
-        positional = 0
-        for name in self.names:
-            if name.startswith("*") or (positional < len(self.normalizer.names)
-                                        and self.normalizer.names[positional] == name):
-                positional += 1
-            else:
-                break
-        self.positional = positional
-        self.input_paths = [path for path, leaf in _tree.leaf_paths(dict(named)) if isinstance(leaf, torch.Tensor)]
-        self.output_template = _tree.tree_map(_slot, sample.outputs)
-        self.num_outputs = sum(1 for _ in _tree.tensors(sample.outputs))
-
-    def flat_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-        if not kwargs:
-            return list(_tree.tensors(args))
-        return list(_tree.tensors([value for _, value in self.normalizer.normalize(args, kwargs)]))
-
-    def call_from_flat(self, flat: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        it = iter(flat)
-        values = _tree.tree_map(lambda _: next(it), self.values)
-        return tuple(values[:self.positional]), dict(zip(self.names[self.positional:], values[self.positional:]))
-
-    def outputs_from_flat(self, flat: Sequence[torch.Tensor]) -> Any:
-        it = iter(flat)
-        return _tree.tree_map(lambda _: next(it), self.output_template)
-
-
-def _slot(t: torch.Tensor) -> torch.Tensor:
-    # A template placeholder that holds no memory.
-    return torch.empty(0, dtype=t.dtype, device="meta")
-
-
-class _FlatModule(torch.nn.Module):
-    """`forward(*flat_tensors) -> tuple of tensors` around the module: what torch.export traces."""
-
-    def __init__(self, module: torch.nn.Module, layout: _CallLayout) -> None:
-        super().__init__()
-        self.inner = module
-        self._layout = layout
-        self.training = module.training  # never .eval()/.train() here: that would change the user's module
-
-    def forward(self, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        args, kwargs = self._layout.call_from_flat(flat)
-        # _call_impl: the module's own hooks run, aitune's patched __call__ is not re-entered for it.
-        out = self.inner._call_impl(*args, **kwargs)
-        return tuple(_tree.tensors(out))
-
-
 class _AotEngine(Engine):
     bakes_weights = True
 
-    def __init__(self, model: Any, layout: _CallLayout, meta: dict[str, Any], package: Path,
+    def __init__(self, model: Any, layout: FlatIO, meta: dict[str, Any], package: Path,
                  owned_dir: tempfile.TemporaryDirectory[str] | None) -> None:
         self._model = model
         # The loader's own run skips AOTICompiledModel.__call__'s per-call pytree spec parsing (~10 us).
@@ -199,13 +139,13 @@ class _AotEngine(Engine):
         self._layout = layout
         self._formats = [_MEMORY_FORMATS[i["memory_format"]] for i in meta["inputs"]]
         self._num_inputs = len(self._formats)
-        self._single_output = isinstance(layout.output_template, torch.Tensor)
+        self._single_output = isinstance(layout.outputs_template, torch.Tensor)
         self.meta = meta
         self.package = package
         self._owned_dir = owned_dir  # TemporaryDirectory removes itself when collected, too
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self._layout.flat_inputs(args, kwargs)
+        flat = self._layout.flatten(args, kwargs)
         if len(flat) != self._num_inputs:
             raise TypeError(f"this engine takes {self._num_inputs} tensor(s), the call passed {len(flat)}")
         for i, fmt in enumerate(self._formats):
@@ -215,7 +155,7 @@ class _AotEngine(Engine):
         out = self._run(flat)
         if self._single_output:
             return out[0]
-        return self._layout.outputs_from_flat(out)
+        return self._layout.unflatten_outputs(out)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
@@ -258,15 +198,12 @@ class TorchInductorAotBackend(Backend):
               device: torch.device) -> Engine:
         if not samples:
             raise TuningError(f"{self.name} needs at least one recorded sample", backend=self.name)
-        layout = _CallLayout(module, samples[0])
+        layout = FlatIO.from_samples(samples, module.forward)
         _check_plain_values(layout)
-        flats = [layout.flat_inputs(s.args, s.kwargs) for s in samples]
-        if not flats[0]:
-            raise TuningError(f"{self.name}: {type(module).__name__} takes no tensor input", backend=self.name)
-        if not layout.num_outputs:
-            raise TuningError(f"{self.name}: {type(module).__name__} returns no tensor", backend=self.name)
-        lows, highs = _shape_range(flats, layout)
-        dynamic = [[d for d, (lo, hi) in enumerate(zip(los, his)) if lo != hi] for los, his in zip(lows, highs)]
+        flats = [layout.flatten(s.args, s.kwargs) for s in samples]
+        lows = [lo for lo, _, _ in layout.shape_ranges]
+        highs = [hi for _, _, hi in layout.shape_ranges]
+        dynamic = layout.dynamic_dims
         self._check_dynamic(layout, dynamic, lows, highs)
         example = next((flat for flat in flats if all(flat[i].shape[d] >= 2 for i, dims in enumerate(dynamic)
                                                        for d in dims)), None)
@@ -285,7 +222,7 @@ class TorchInductorAotBackend(Backend):
 
         start = time.perf_counter()
         try:
-            program = torch.export.export(_FlatModule(module, layout), tuple(example), dynamic_shapes=dynamic_shapes,
+            program = torch.export.export(FlatModule(module, layout), tuple(example), dynamic_shapes=dynamic_shapes,
                                           strict=self.config.strict_export)
         except Exception as e:
             strict = self.config.strict_export
@@ -318,9 +255,9 @@ class TorchInductorAotBackend(Backend):
                     "device_type": device.type, "settings": self.engine_settings(),
                     "inputs": [{"name": path, "dtype": str(t.dtype).removeprefix("torch."), "memory_format": fmt,
                                 "min_shape": lo, "max_shape": hi, "dynamic_dims": dims}
-                               for path, t, fmt, lo, hi, dims in zip(layout.input_paths, example, formats, lows,
+                               for path, t, fmt, lo, hi, dims in zip(layout.input_names, example, formats, lows,
                                                                       highs, dynamic)],
-                    "num_outputs": layout.num_outputs}
+                    "num_outputs": len(layout.output_names)}
             return _AotEngine(model, layout, meta, package, owned)
         except BaseException:
             owned.cleanup()
@@ -337,20 +274,21 @@ class TorchInductorAotBackend(Backend):
             raise TuningError(f"{self.name} needs a recorded sample to load an engine", backend=self.name)
         meta = json.loads(meta_path.read_text())
         problem = _load_problem(meta, device)
-        layout = _CallLayout(module, samples[0])
-        flat = layout.flat_inputs(samples[0].args, samples[0].kwargs)
+        layout = FlatIO.from_samples(samples, module.forward)
         saved = [(i["name"], i["dtype"]) for i in meta.get("inputs", [])]
-        current = [(p, str(t.dtype).removeprefix("torch.")) for p, t in zip(layout.input_paths, flat)]
+        current = [(name, str(dtype).removeprefix("torch."))
+                   for name, dtype in zip(layout.input_names, layout.input_dtypes)]
         if problem is None and saved != current:
             problem = f"it takes inputs {saved}, the module is called with {current}"
-        if problem is None and meta.get("num_outputs") != layout.num_outputs:
-            problem = f"it returns {meta.get('num_outputs')} tensor(s), the module returns {layout.num_outputs}"
+        if problem is None and meta.get("num_outputs") != len(layout.output_names):
+            problem = (f"it returns {meta.get('num_outputs')} tensor(s), the module returns "
+                       f"{len(layout.output_names)}")
         if problem is not None:
             raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
                               f"to rebuild", backend=self.name)
         return _AotEngine(_load_safely(package, device), layout, meta, package, None)
 
-    def _check_dynamic(self, layout: _CallLayout, dynamic: list[list[int]], lows: list[list[int]],
+    def _check_dynamic(self, layout: FlatIO, dynamic: list[list[int]], lows: list[list[int]],
                        highs: list[list[int]]) -> None:
         if any(dynamic) and not self.config.dynamic:
             raise TuningError(f"{self.name}(dynamic=False) exports static shapes, but these sizes varied across "
@@ -361,7 +299,7 @@ class TorchInductorAotBackend(Backend):
             raise TuningError(f"{self.name}: these sizes varied only between 0 and 1, which torch.export always "
                               f"treats as static: {_describe_dims(layout, tiny, lows, highs)}", backend=self.name)
 
-    def _check_exported(self, program: Any, layout: _CallLayout, dynamic: list[list[int]], lows: list[list[int]],
+    def _check_exported(self, program: Any, layout: FlatIO, dynamic: list[list[int]], lows: list[list[int]],
                         highs: list[list[int]]) -> None:
         """Reject a program in which a recorded-dynamic dimension came out static or with a narrower range: its
         engine would silently compute the traced branch for other sizes (AOTInductor does not check sizes)."""
@@ -376,7 +314,7 @@ class TorchInductorAotBackend(Backend):
                 continue
             for d in dims:
                 size = value.shape[d]
-                where = f"{layout.input_paths[i]} dim {d} (recorded {lows[i][d]}..{highs[i][d]})"
+                where = f"{layout.input_names[i]} dim {d} (recorded {lows[i][d]}..{highs[i][d]})"
                 if is_concrete_int(size) or not isinstance(size, torch.SymInt):
                     problems.append(f"{where} became static at size {int(size)}")
                     continue
@@ -393,33 +331,18 @@ class TorchInductorAotBackend(Backend):
                               backend=self.name)
 
 
-def _check_plain_values(layout: _CallLayout) -> None:
+def _check_plain_values(layout: FlatIO) -> None:
     """Non-tensor inputs are baked in as constants: only values that are part of the signature key may be."""
-    for path, leaf in _tree.leaf_paths(dict(zip(layout.names, layout.values))):
+    for path, leaf in _tree.leaf_paths(dict(zip(layout.keys, layout.inputs_template))):
         if not isinstance(leaf, torch.Tensor) and _tree.spec(leaf)[0] != "V":
             raise TuningError(f"{_NAME}: input {path} is a {type(leaf).__qualname__}; only tensors and plain "
                               f"values (numbers, strings, None, dtypes, ...) inside tuples, lists and dicts can "
                               f"be exported", backend=_NAME)
 
 
-def _describe_dims(layout: _CallLayout, dims: list[list[int]], lows: list[list[int]], highs: list[list[int]]) -> str:
-    return ", ".join(f"{layout.input_paths[i]} dim {d} ({lows[i][d]}..{highs[i][d]})"
+def _describe_dims(layout: FlatIO, dims: list[list[int]], lows: list[list[int]], highs: list[list[int]]) -> str:
+    return ", ".join(f"{layout.input_names[i]} dim {d} ({lows[i][d]}..{highs[i][d]})"
                      for i, ds in enumerate(dims) for d in ds)
-
-
-def _shape_range(flats: list[list[torch.Tensor]], layout: _CallLayout) -> tuple[list[list[int]], list[list[int]]]:
-    """Per flat input, the smallest and largest size of each dimension over the samples."""
-    lows = [list(t.shape) for t in flats[0]]
-    highs = [list(t.shape) for t in flats[0]]
-    for flat in flats[1:]:
-        if len(flat) != len(lows) or any(t.dim() != len(lo) for t, lo in zip(flat, lows)):
-            raise TuningError(f"{_NAME}: the recorded samples do not share one input structure "
-                              f"({', '.join(layout.input_paths)})", backend=_NAME)
-        for t, lo, hi in zip(flat, lows, highs):
-            for d, size in enumerate(t.shape):
-                lo[d] = min(lo[d], size)
-                hi[d] = max(hi[d], size)
-    return lows, highs
 
 
 def _load_problem(meta: dict[str, Any], device: torch.device) -> str | None:

@@ -22,7 +22,8 @@ from pydantic import Field, field_validator
 
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
-from aitune.torch.backend._onnx import FlatIO, export_onnx
+from aitune.torch.backend._flat import FlatIO
+from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._optional import missing_reason, require
 
 _MODEL_FILE = "model.onnx"

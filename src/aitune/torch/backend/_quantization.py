@@ -32,7 +32,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from aitune.torch import _tree
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch._samples import Sample
-from aitune.torch.backend._onnx import FlatIO, export_onnx
+from aitune.torch.backend._flat import FlatIO
+from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._optional import require
 
 logger = logging.getLogger(__name__)

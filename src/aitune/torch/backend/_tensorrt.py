@@ -31,7 +31,8 @@ from pydantic import Field, field_validator
 from aitune.torch._errors import AITuneError
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
-from aitune.torch.backend._onnx import FlatIO, export_onnx
+from aitune.torch.backend._flat import FlatIO
+from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._optional import first_installed, missing_reason, require
 from aitune.torch.backend._quantization import (
     ONNXAutoCastConfig,

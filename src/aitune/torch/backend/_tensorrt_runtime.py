@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from aitune.torch.backend._base import Engine
-from aitune.torch.backend._onnx import FlatIO
+from aitune.torch.backend._flat import FlatIO
 from aitune.torch.backend.tensorrt import TensorRTProfile
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ the settings and their mapping to Torch-TensorRT options, the min/opt/max input 
 torch.export of it that ir="dynamo" compiles (also on CUDA fp16, torch 2.11), the engine's flatten/rebuild glue
 and the missing-library paths. The GPU tests are marked `gpu` and `tensorrt` and skip without the library.
 
-How the AOT backend sees a module: through `_onnx.FlatModule` (flat tensors in, a flat tuple of tensors out;
+How the AOT backend sees a module: through `_flat.FlatModule` (flat tensors in, a flat tuple of tensors out;
 plain input values baked in; the output structure rebuilt from the first sample), so keyword and nested inputs
 compile like positional ones. Each input gets a `torch_tensorrt.Input` spanning the recorded samples: min and
 max per dimension, opt the signature's most common shapes (the most common sample shapes when those do not fit).
@@ -47,7 +47,7 @@ from pydantic import AliasChoices, Field, JsonValue, PlainValidator, WrapSeriali
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._inductor import _DTYPES, _CompiledEngine, entry_point
-from aitune.torch.backend._onnx import FlatIO, FlatModule
+from aitune.torch.backend._flat import FlatIO, FlatModule
 from aitune.torch.backend._optional import missing_reason, require
 
 logger = logging.getLogger(__name__)

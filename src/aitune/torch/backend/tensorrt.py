@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from aitune.torch._samples import Sample
-    from aitune.torch.backend._onnx import FlatIO
+    from aitune.torch.backend._flat import FlatIO
     from aitune.torch.backend._tensorrt import TensorRTBackend, TensorRTBackendConfig
 
 Shape = tuple[int, ...]
