@@ -117,16 +117,17 @@ def test_training_is_untouched(plain_run: PlainRun, hooked_run: HookedRun, backe
     # Training runs exactly as without aitune: same losses and weights, bit for bit.
     assert_results_close(hooked, plain, exact=("losses", "loss_tensor", "final_weight"))
     # Only the 12 eval-mode calls count (3 after every 5th step); 3 are recorded. An engine that holds a copy of
-    # the weights (ONNX Runtime) is dropped at the next optimizer step, never answering with stale weights, and
-    # from then on only backends that read the live weights are tried: Inductor, whose engine follows training.
+    # the weights (ONNX Runtime) is dropped at the next optimizer step, never answering with stale weights; after
+    # the second such change only backends that read the live weights are tried: Inductor, whose engine follows
+    # training. With ONNX Runtime alone, the module then stays eager and says why.
     if backends == "defaults":
         mlp = assert_tuned(hooked, "MLP", calls=12)
         assert mlp["backend"] == INDUCTOR, mlp
-        assert engine_calls(mlp) >= 6, mlp
+        assert engine_calls(mlp) >= 3, mlp
     else:
         mlp = hooked.module("MLP")
         assert mlp["state"] == "eager" and engine_calls(mlp) == 0, mlp
-        assert any("weights change in place" in (s["reason"] or "") for s in mlp["signatures"]), mlp
+        assert any("weights keep changing in place" in (s["reason"] or "") for s in mlp["signatures"]), mlp
         assert "only backends that read the live weights" in hooked.stderr
 
 
@@ -161,11 +162,12 @@ def test_weights_reloaded_after_tuning(plain_run: PlainRun, hooked_run: HookedRu
         # rebuilt) served calls after the weights changed, and the comparison above shows it followed them.
         assert engine_calls(net) >= 4, net
     else:
-        # ONNX Runtime holds a copy of the weights: the reload and the in-place scale each drop its engine and
-        # the module records again; the matching results above show no stale engine answered.
+        # ONNX Runtime holds a copy of the weights: the reload and then the in-place scale each drop its engine
+        # (the matching results above show no stale engine answered). After the reload it is rebuilt and serves
+        # the last reloaded call; the two calls after the scale are being recorded again when the script ends.
         net = hooked.module("Net")
-        assert net["state"] in ("tuned", "recording"), net
-        assert engine_calls(net) >= 1, net
+        assert net["state"] == "recording", net
+        assert engine_calls(net) >= 4, net
 
 
 def test_override_file_picks_onnxruntime(plain_run: PlainRun, hooked_run: HookedRun) -> None:

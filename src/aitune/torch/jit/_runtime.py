@@ -199,6 +199,12 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
         return
     st.param_ids, st.version_sum = ids, versions
     with LOCK:
+        if not moved and any(s.engine is not None and s.engine.bakes_weights and s.status != "tuning"
+                             for s in st.signatures.values()):
+            st.baked_invalidations += 1
+            if st.baked_invalidations == _tracker.LIVE_WEIGHTS_AFTER:
+                logger.info("%s: its weights keep changing in place; from now on only backends that read the live "
+                            "weights are tried for it", st.name)
         for sig in st.signatures.values():
             if sig.status == "tuning":
                 continue
@@ -207,10 +213,6 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
                 what = "replaced or moved" if moved else "changed in place"
                 logger.info("%s: weights %s; %s", st.name, what,
                             "dropping its engine and re-recording" if stale_engine else "re-recording samples")
-                if stale_engine and not moved and not st.live_weights_only:
-                    st.live_weights_only = True
-                    logger.info("%s: its weights change in place; from now on only backends that read the live "
-                                "weights are tried for it", st.name)
                 _tracker.drop_engine(sig)
                 _tracker.release_samples(sig)
                 sig.status = "recording"

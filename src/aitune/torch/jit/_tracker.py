@@ -32,13 +32,17 @@ logger = logging.getLogger(__name__)
 PASSTHROUGH_STATES = frozenset({"pending", "eager", "failed", "skipped", "detached", "untracked"})
 
 
+#: In-place weight changes under weight-copying engines after which only live-weight backends are tried.
+LIVE_WEIGHTS_AFTER = 2
+
+
 class ModuleState:
     """What aitune knows about one module instance. Mutated only under `LOCK`."""
 
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "normalizer", "signatures", "reason", "calls", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "epoch", "tune_seconds", "live_weights_only", "__weakref__",
+        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: str, name: str, qualname: str, depth: int,
@@ -67,9 +71,10 @@ class ModuleState:
         self.version_sum = 0
         self.epoch = -1
         self.tune_seconds = 0.0
-        #: Set when the weights changed in place under an engine holding a copy of them (training between
-        #: evaluations): later tunings try only backends whose engines read the live weights.
-        self.live_weights_only = False
+        #: How often the weights changed in place under an engine holding a copy of them. From the second time
+        #: on (training between evaluations, not a one-off reload) only backends that read the live weights are
+        #: tried, so the module is not rebuilt after every step.
+        self.baked_invalidations = 0
 
     def set_status(self, status: str, reason: str | None = None, *, walk_children: bool = False) -> None:
         """`walk_children`: pass through only after one call on the call stack, so that the children of a
@@ -78,6 +83,10 @@ class ModuleState:
         self.passthrough = status in PASSTHROUGH_STATES and not walk_children
         if reason is not None:
             self.reason = reason
+
+    @property
+    def live_weights_only(self) -> bool:
+        return self.baked_invalidations >= LIVE_WEIGHTS_AFTER
 
     def report_state(self) -> str:
         if self.status != "active":

@@ -107,8 +107,8 @@ def _run_strategy(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module
     if st.live_weights_only:
         backends = [b for b in backends if not b.bakes_weights]
         if not backends:
-            return TuneOutcome(None, [], None, "its weights change in place and every candidate backend holds a "
-                               "copy of them (add one that reads live weights, e.g. TorchInductorJitBackend)")
+            return TuneOutcome(None, [], None, "its weights keep changing in place and every candidate backend holds "
+                               "a copy of them (add one that reads live weights, e.g. TorchInductorJitBackend)")
     shapes = ", ".join(f"{d['name']}{tuple(lo)}..{tuple(hi)}" if lo != hi else f"{d['name']}{tuple(lo)}"
                        for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes))
     logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", st.name, device, len(samples), shapes,
