@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -93,3 +94,60 @@ def record(module: torch.nn.Module, calls: Sequence[tuple[tuple[Any, ...], dict[
     assert sig is not None
     sig.samples = samples
     return sig, samples
+
+
+@dataclasses.dataclass
+class Pair:
+    hidden: torch.Tensor
+    pooled: torch.Tensor
+
+
+class KwargsNet(torch.nn.Module):
+    """Keyword tensors, a nested tuple input with a plain value; out: a dict holding a dataclass and a plain int."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, ids: torch.Tensor, extra: tuple[torch.Tensor, int], mask: torch.Tensor | None = None,
+                scale: float = 1.0) -> dict[str, Any]:
+        h = self.proj(self.embed(ids)) * scale + extra[0] * extra[1]
+        if mask is not None:
+            h = h * mask.unsqueeze(-1)
+        return {"pair": Pair(h, h.mean(1)), "n": 7}
+
+
+def kwargs_calls(shapes: Sequence[tuple[int, int]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """Calls of KwargsNet at these (batch, sequence) sizes."""
+    return [((torch.randint(0, 50, (b, s)), (torch.randn(b, s, 8), 3)), {"mask": torch.ones(b, s), "scale": 0.5})
+            for b, s in shapes]
+
+
+def assert_same_structured(out: dict[str, Any], want: dict[str, Any]) -> None:
+    """KwargsNet outputs: the same structure and plain leaf, tensors close."""
+    assert isinstance(out["pair"], Pair) and out["n"] == want["n"] == 7
+    torch.testing.assert_close(out["pair"].hidden, want["pair"].hidden, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["pair"].pooled, want["pair"].pooled, rtol=1e-4, atol=1e-5)
+
+
+def tune_net_in_jit_mode(backend: Backend) -> tuple[dict[str, Any], Net]:
+    """Enable JIT mode with `backend` as the only candidate, run a Net until it is tuned (2 calls recorded, 2
+    more), check its outputs match eager, and return its report entry and the Net."""
+    from aitune.torch.config import config as global_config
+    from aitune.torch.jit import _report, enable_jit_tuning
+    from aitune.torch.jit.config import config as jit_config
+
+    jit_config.backends = [backend]
+    jit_config.min_samples = 2
+    global_config.min_speedup = 1e-6  # CPU timings of a tiny model are noise; the test is about the pipeline
+    enable_jit_tuning()
+    net = Net(width=32).eval()
+    xs = [torch.randn(8, 32) for _ in range(4)]
+    with torch.no_grad():
+        outs = [net(x) for x in xs]
+        expected = [torch.nn.Module._wrapped_call_impl(net, x) for x in xs]
+    for out, exp in zip(outs, expected):
+        torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-5)
+    entry: dict[str, Any] = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
+    return entry, net

@@ -6,26 +6,13 @@ import torch
 
 from aitune.torch.backend import TorchInductorJitBackend
 from aitune.torch.backend._inductor import entry_point
-from aitune.torch.config import config as global_config
-from aitune.torch.jit import _report, _tracker, enable_jit_tuning
-from aitune.torch.jit.config import config as jit_config
+from aitune.torch.jit import _tracker
 
-from .helpers import Net
+from .helpers import tune_net_in_jit_mode
 
 
 def test_jit_mode_tunes_with_inductor_and_outputs_match() -> None:
-    jit_config.backends = [TorchInductorJitBackend()]
-    jit_config.min_samples = 2
-    global_config.min_speedup = 1e-6  # CPU timings of a tiny model are noise; the test is about the pipeline
-    enable_jit_tuning()
-    net = Net(width=32).eval()
-    xs = [torch.randn(8, 32) for _ in range(4)]
-    with torch.no_grad():
-        outs = [net(x) for x in xs]
-        expected = [torch.nn.Module._wrapped_call_impl(net, x) for x in xs]
-    for out, exp in zip(outs, expected):
-        torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-5)
-    entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
+    entry, net = tune_net_in_jit_mode(TorchInductorJitBackend())
     assert entry["state"] == "tuned" and entry["backend"] == "TorchInductorJitBackend"
     assert entry["candidates"][0]["ok"] and entry["candidates"][0]["latency_ms"] > 0
     sig = _tracker.STATES[id(net)].tuned_signature()

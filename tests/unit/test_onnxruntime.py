@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,40 +13,10 @@ from aitune.torch.backend._flat import FlatIO, input_names
 from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
 
-from .helpers import Net, record
+from .helpers import KwargsNet, Net, assert_same_structured, kwargs_calls, record, tune_net_in_jit_mode
 
 ort = pytest.importorskip("onnxruntime")
 CPU = torch.device("cpu")
-
-
-@dataclasses.dataclass
-class Pair:
-    hidden: torch.Tensor
-    pooled: torch.Tensor
-
-
-class KwargsNet(torch.nn.Module):
-    """Keyword tensors, a plain value, a nested tuple input, a dataclass output with a plain leaf."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(50, 8)
-        self.proj = torch.nn.Linear(8, 8)
-
-    def forward(self, ids: torch.Tensor, extra: tuple[torch.Tensor, int], mask: torch.Tensor | None = None,
-                scale: float = 1.0) -> tuple[Pair, int]:
-        h = self.proj(self.embed(ids)) * scale + extra[0] * extra[1]
-        if mask is not None:
-            h = h * mask.unsqueeze(-1)
-        return Pair(h, h.mean(1)), 7
-
-
-def _kwargs_calls(shapes: list[tuple[int, int]]) -> list[tuple[tuple, dict]]:
-    calls = []
-    for b, s in shapes:
-        ids = torch.randint(0, 50, (b, s))
-        calls.append(((ids, (torch.randn(b, s, 8), 3)), {"mask": torch.ones(b, s), "scale": 0.5}))
-    return calls
 
 
 def test_input_names_follow_how_the_call_passed_them() -> None:
@@ -58,7 +27,7 @@ def test_input_names_follow_how_the_call_passed_them() -> None:
 
 def test_calls_of_one_signature_flatten_alike_however_arguments_are_passed() -> None:
     net = KwargsNet().eval()
-    (call,) = _kwargs_calls([(2, 5)])
+    (call,) = kwargs_calls([(2, 5)])
     (ids, extra), kw = call
     _, samples = record(net, [call])
     io = FlatIO.from_samples(samples, net.forward)
@@ -69,14 +38,14 @@ def test_calls_of_one_signature_flatten_alike_however_arguments_are_passed() -> 
         assert [t is u for t, u in zip(flat, [ids, extra[0], kw["mask"]])] == [True, True, True]
     engine = ONNXRuntimeBackend().build(net, *record(net, [call]), CPU)
     with torch.no_grad():
-        want = net(*call[0], **call[1])[0].hidden
+        want = net(*call[0], **call[1])["pair"].hidden
     for args, kwargs in forms:
-        torch.testing.assert_close(engine(*args, **kwargs)[0].hidden, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(engine(*args, **kwargs)["pair"].hidden, want, rtol=1e-4, atol=1e-5)
 
 
 def test_flat_io_ranges_and_dynamic_dims() -> None:
     net = KwargsNet().eval()
-    _, samples = record(net, _kwargs_calls([(2, 5), (4, 5), (2, 5), (3, 9)]))
+    _, samples = record(net, kwargs_calls([(2, 5), (4, 5), (2, 5), (3, 9)]))
     io = FlatIO.from_samples(samples, net.forward)
     assert io.input_names == ["args_0", "args_1_0", "mask"]
     assert io.dynamic_dims == [[0, 1], [0, 1], [0, 1]]
@@ -93,7 +62,7 @@ def test_flat_io_ranges_and_dynamic_dims() -> None:
 @pytest.mark.parametrize("use_dynamo", [True, False])
 def test_export_is_dynamic_where_samples_varied_and_matches_eager(tmp_path: Path, use_dynamo: bool) -> None:
     net = KwargsNet().eval()
-    _, samples = record(net, _kwargs_calls([(2, 5), (4, 7)]))
+    _, samples = record(net, kwargs_calls([(2, 5), (4, 7)]))
     path = tmp_path / "m.onnx"
     io = export_onnx(net, samples, path, use_dynamo=use_dynamo)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -101,27 +70,23 @@ def test_export_is_dynamic_where_samples_varied_and_matches_eager(tmp_path: Path
     assert all(isinstance(d, str) for d in dims["args_0"])  # both dims varied: symbolic
     assert dims["args_1_0"][2] == 8  # the feature dim never varied: static
     # An unseen shape inside the recorded range, run in ONNX Runtime, matches eager.
-    (call,) = _kwargs_calls([(3, 6)])
+    (call,) = kwargs_calls([(3, 6)])
     flat = io.flatten(*call)
     feeds = {name: t.numpy() for name, t in zip(io.input_names, flat) if name in dims}
     got = session.run(None, feeds)
     with torch.no_grad():
-        want = net(*call[0], **call[1])[0]
+        want = net(*call[0], **call[1])["pair"]
     torch.testing.assert_close(torch.from_numpy(got[0]), want.hidden, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.from_numpy(got[1]), want.pooled, rtol=1e-4, atol=1e-5)
 
 
 def test_engine_returns_eager_structure_and_serves_the_range() -> None:
     net = KwargsNet().eval()
-    sig, samples = record(net, _kwargs_calls([(2, 5), (4, 7)]))
+    sig, samples = record(net, kwargs_calls([(2, 5), (4, 7)]))
     engine = ONNXRuntimeBackend().build(net, sig, samples, CPU)
-    (call,) = _kwargs_calls([(3, 6)])
-    out, plain = engine(*call[0], **call[1])
+    (call,) = kwargs_calls([(3, 6)])
     with torch.no_grad():
-        want, want_plain = net(*call[0], **call[1])
-    assert isinstance(out, Pair) and plain == want_plain == 7
-    torch.testing.assert_close(out.hidden, want.hidden, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out.pooled, want.pooled, rtol=1e-4, atol=1e-5)
+        assert_same_structured(engine(*call[0], **call[1]), net(*call[0], **call[1]))
     engine.release()
 
 
@@ -142,22 +107,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_jit_mode_tunes_with_onnxruntime() -> None:
-    from aitune.torch.config import config as global_config
-    from aitune.torch.jit import _report, enable_jit_tuning
-    from aitune.torch.jit.config import config as jit_config
-
-    jit_config.backends = [ONNXRuntimeBackend()]
-    jit_config.min_samples = 2
-    global_config.min_speedup = 1e-6  # the test is about the pipeline, not the speed of a tiny model
-    enable_jit_tuning()
-    net = Net(width=32).eval()
-    xs = [torch.randn(4, 32) for _ in range(4)]
-    with torch.no_grad():
-        outs = [net(x) for x in xs]
-        expected = [torch.nn.Module._wrapped_call_impl(net, x) for x in xs]
-    for out, exp in zip(outs, expected):
-        torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-5)
-    entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
+    entry, _ = tune_net_in_jit_mode(ONNXRuntimeBackend())
     assert entry["state"] == "tuned" and entry["backend"] == "ONNXRuntimeBackend", entry
 
 

@@ -30,7 +30,7 @@ from aitune.torch.backend._torch_tensorrt import (
     input_ranges,
 )
 
-from .helpers import Net, record
+from .helpers import KwargsNet, Net, assert_same_structured, kwargs_calls, record
 
 CPU = torch.device("cpu")
 INSTALL_HINT = "pip install 'aitune[torch-tensorrt]'"
@@ -45,39 +45,6 @@ class FakeCompilationSettings:
     min_block_size: int = 5
     device: Any = dataclasses.field(default_factory=lambda: types.SimpleNamespace(gpu_id=0))
     use_python_runtime: bool | None = False
-
-
-@dataclasses.dataclass
-class Pair:
-    hidden: torch.Tensor
-    pooled: torch.Tensor
-
-
-class KwargsNet(torch.nn.Module):
-    """Keyword tensors, a nested tuple input with a plain value, a dict with a dataclass and a plain leaf out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = torch.nn.Embedding(50, 8)
-        self.proj = torch.nn.Linear(8, 8)
-
-    def forward(self, ids: torch.Tensor, extra: tuple[torch.Tensor, int], mask: torch.Tensor | None = None,
-                scale: float = 1.0) -> dict[str, Any]:
-        h = self.proj(self.embed(ids)) * scale + extra[0] * extra[1]
-        if mask is not None:
-            h = h * mask.unsqueeze(-1)
-        return {"pair": Pair(h, h.mean(1)), "n": 7}
-
-
-def _kwargs_calls(shapes: list[tuple[int, int]]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    return [((torch.randint(0, 50, (b, s)), (torch.randn(b, s, 8), 3)), {"mask": torch.ones(b, s), "scale": 0.5})
-            for b, s in shapes]
-
-
-def _assert_same(out: dict[str, Any], want: dict[str, Any]) -> None:
-    assert isinstance(out["pair"], Pair) and out["n"] == want["n"] == 7
-    torch.testing.assert_close(out["pair"].hidden, want["pair"].hidden, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out["pair"].pooled, want["pair"].pooled, rtol=1e-4, atol=1e-5)
 
 
 # --- settings ---------------------------------------------------------------------------------------------------
@@ -181,7 +148,7 @@ def test_cpu_is_not_supported(cls: type) -> None:
 
 def test_input_ranges_span_the_samples_and_prefer_the_most_common_shapes() -> None:
     net = KwargsNet().eval()
-    sig, samples = record(net, _kwargs_calls([(2, 5), (4, 5), (4, 5), (8, 5), (8, 5), (8, 5)]))
+    sig, samples = record(net, kwargs_calls([(2, 5), (4, 5), (4, 5), (8, 5), (8, 5), (8, 5)]))
     sig.shape_counts.clear()  # this signature's calls: mostly batch 2, beyond the stored samples
     sig.observe(((2, 5), (2, 5, 8), (2, 5)))
     sig.observe(((2, 5), (2, 5, 8), (2, 5)))
@@ -207,28 +174,28 @@ def test_static_inputs_have_equal_min_and_max() -> None:
 
 def test_adapter_round_trip_matches_the_module() -> None:
     net = KwargsNet().eval()
-    _, samples = record(net, _kwargs_calls([(2, 5), (4, 7)]))
+    _, samples = record(net, kwargs_calls([(2, 5), (4, 7)]))
     io = FlatIO.from_samples(samples)
     adapter = FlatModule(net, io)
-    (call,) = _kwargs_calls([(3, 6)])
+    (call,) = kwargs_calls([(3, 6)])
     with torch.no_grad():
         flat_out = adapter(*io.flatten(*call))
         want = net(*call[0], **call[1])
     assert isinstance(flat_out, tuple) and len(flat_out) == 2
-    _assert_same(io.unflatten_outputs(list(flat_out)), want)
+    assert_same_structured(io.unflatten_outputs(list(flat_out)), want)
 
 
 def test_engine_glue_rebuilds_the_eager_structure() -> None:
     """The engine around a stand-in for the compiled module (the adapter itself, run eagerly)."""
     net = KwargsNet().eval()
-    _, samples = record(net, _kwargs_calls([(2, 5), (4, 7)]))
+    _, samples = record(net, kwargs_calls([(2, 5), (4, 7)]))
     io = FlatIO.from_samples(samples)
     ranges = input_ranges(io)
     engine = _TorchTensorRTEngine(FlatModule(net, io), io, "dynamo", ranges, CPU, 2)
     assert engine.bakes_weights
-    (call,) = _kwargs_calls([(3, 6)])
+    (call,) = kwargs_calls([(3, 6)])
     with torch.no_grad():
-        _assert_same(engine(*call[0], **call[1]), net(*call[0], **call[1]))
+        assert_same_structured(engine(*call[0], **call[1]), net(*call[0], **call[1]))
     # A single-tensor output comes back as a tensor, not a tuple.
     single = Net(width=16).eval()
     _, single_samples = record(single, [((torch.randn(2, 16),), {})])
@@ -251,15 +218,15 @@ def test_fx_engines_refuse_to_save(tmp_path: Path) -> None:
 def test_export_flat_is_dynamic_over_the_recorded_range() -> None:
     """What ir='dynamo' hands to torch_tensorrt.compile: the exported adapter, dynamic where samples varied."""
     net = KwargsNet().eval()
-    _, samples = record(net, _kwargs_calls([(2, 5), (4, 7), (4, 7)]))
+    _, samples = record(net, kwargs_calls([(2, 5), (4, 7), (4, 7)]))
     io = FlatIO.from_samples(samples)
     ranges = input_ranges(io)
     with torch.no_grad():
         program = export_flat(net, io, tuple(io.flatten(samples[1].args, samples[1].kwargs)), ranges)
-        (call,) = _kwargs_calls([(3, 6)])
+        (call,) = kwargs_calls([(3, 6)])
         out = program.module()(*io.flatten(*call))
         want = net(*call[0], **call[1])
-    _assert_same(io.unflatten_outputs(list(out)), want)
+    assert_same_structured(io.unflatten_outputs(list(out)), want)
     bounds = sorted((int(r.lower), int(r.upper)) for r in program.range_constraints.values())
     assert bounds == [(2, 4), (5, 7)]  # batch and sequence, each shared by the three inputs
 
