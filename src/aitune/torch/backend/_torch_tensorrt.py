@@ -244,20 +244,25 @@ class _JitEngine(_CompiledEngine):
     bakes_weights = True
 
 
-class TorchTensorRTJitBackend(Backend):
-    """torch.compile with Torch-TensorRT's backend: TensorRT engines for the convertible subgraphs."""
+class _TorchTensorRTBackend(Backend):
+    """What both Torch-TensorRT backends share: CUDA only, the optional library, weights baked into engines."""
 
-    config_class = TorchTensorRTJitBackendConfig
-    kind = "jit"
     device_types = ("cuda",)
     extra = _EXTRA
     bakes_weights = True
 
-    config: TorchTensorRTJitBackendConfig
-
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return missing_reason(cls.__name__, _EXTRA, _MODULE)
+
+
+class TorchTensorRTJitBackend(_TorchTensorRTBackend):
+    """torch.compile with Torch-TensorRT's backend: TensorRT engines for the convertible subgraphs."""
+
+    config_class = TorchTensorRTJitBackendConfig
+    kind = "jit"
+
+    config: TorchTensorRTJitBackendConfig
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
@@ -423,20 +428,13 @@ class TorchTensorRTAotBackendConfig(BackendConfig):
                                  "the saved ExportedProgram (where torch_tensorrt.save takes one); 4+ for >4 GiB.")
 
 
-class TorchTensorRTAotBackend(Backend):
+class TorchTensorRTAotBackend(_TorchTensorRTBackend):
     """torch_tensorrt.compile ahead of time: TensorRT engines with baked weights, saved and loaded."""
 
     config_class = TorchTensorRTAotBackendConfig
     kind = "aot"
-    device_types = ("cuda",)
-    extra = _EXTRA
-    bakes_weights = True
 
     config: TorchTensorRTAotBackendConfig
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return missing_reason(cls.__name__, _EXTRA, _MODULE)
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
