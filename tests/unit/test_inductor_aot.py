@@ -26,12 +26,16 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
-def _skip_where_loading_packages_crashes(monkeypatch: pytest.MonkeyPatch) -> None:
+def _skip_where_loading_packages_crashes(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Where torch's own `aoti_load_package` kills the process that loads a package (torch 2.11+cu130 on the GPU
     machine), the backend rejects its candidates instead; these tests of a working AOTInductor then skip, saying
     so. The test of that rejection itself replaces the child's code and is left alone."""
     from aitune.torch.backend import _inductor_aot
 
+    if request.node.name == "test_a_package_that_crashes_its_loader_is_rejected_not_loaded":
+        return
+    if "cpu" in _inductor_aot._CHILD_CRASHED:
+        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED['cpu']}")
     load, child_code = _inductor_aot._load_safely, _inductor_aot._CHILD_LOAD
 
     def load_or_skip(package: Path, device: torch.device) -> Any:
@@ -266,9 +270,15 @@ def test_a_package_that_crashes_its_loader_is_rejected_not_loaded(monkeypatch: p
     from aitune.torch.backend import _inductor_aot
 
     monkeypatch.setattr(_inductor_aot, "_CHILD_LOADED", set())
+    monkeypatch.setattr(_inductor_aot, "_CHILD_CRASHED", {})
     monkeypatch.setattr(_inductor_aot, "_CHILD_LOAD", "import os; os.abort()")
     package = tmp_path / "model.pt2"
     package.write_bytes(b"not loaded here")
     with pytest.raises(TuningError, match=r"killed a test process \(exit -6"):
-        _inductor_aot._load_safely(package, torch.device("cpu"))  # the fixture's wrapper lets this one through
+        _inductor_aot._load_safely(package, torch.device("cpu"))
     assert _inductor_aot._CHILD_LOADED == set()
+    # Later candidates for that device type are rejected at once, without compiling another package.
+    net = Net(width=8)
+    sig, samples = _record(net, [((torch.randn(2, 8),), {})])
+    with pytest.raises(TuningError, match="killed a test process.*an earlier package of this process"):
+        TorchInductorAotBackend().build(net, sig, samples, CPU)

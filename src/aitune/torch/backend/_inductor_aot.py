@@ -64,8 +64,10 @@ _MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch
 _FORBIDDEN_OPTIONS = {"aot_inductor.output_path": "the backend chooses the package path",
                       "aot_inductor.package_cpp_only": "the package would hold C++ sources but no loadable library"}
 _NAME = "TorchInductorAotBackend"
-#: Device types whose packages have been loaded safely in a child process (see `_load_safely`).
+#: Device types whose packages have been loaded safely in a child process (see `_load_safely`), and those whose
+#: first package killed it (with why): later builds for those are rejected before spending a compile.
 _CHILD_LOADED: set[str] = set()
+_CHILD_CRASHED: dict[str, str] = {}
 _CHILD_LOAD = """
 import sys, torch
 from torch._inductor import aoti_load_package
@@ -85,8 +87,9 @@ def _load_safely(package: Path, device: torch.device) -> Any:
                               f"{e.timeout:.0f} s", backend=_NAME) from None
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            raise TuningError(f"{_NAME}: loading the AOTInductor package killed a test process (exit "
-                              f"{proc.returncode}: {tail}); not loading it into this one", backend=_NAME)
+            _CHILD_CRASHED[device.type] = (f"{_NAME}: loading the AOTInductor package killed a test process (exit "
+                                           f"{proc.returncode}: {tail}); not loading it into this one")
+            raise TuningError(_CHILD_CRASHED[device.type], backend=_NAME)
         _CHILD_LOADED.add(device.type)
     from torch._inductor import aoti_load_package
 
@@ -198,6 +201,8 @@ class TorchInductorAotBackend(Backend):
               device: torch.device) -> Engine:
         if not samples:
             raise TuningError(f"{self.name} needs at least one recorded sample", backend=self.name)
+        if device.type in _CHILD_CRASHED:
+            raise TuningError(f"{_CHILD_CRASHED[device.type]} (an earlier package of this process)", backend=_NAME)
         layout = FlatIO.from_samples(samples, module.forward)
         _check_plain_values(layout)
         flats = [layout.flatten(s.args, s.kwargs) for s in samples]
