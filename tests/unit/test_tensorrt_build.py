@@ -540,3 +540,28 @@ def test_engine_runs_on_cuda_and_round_trips(tmp_path: Path, use_cuda_graphs: bo
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), **tol)
     assert (tmp_path / "timing.cache").is_file()
+
+
+def test_calls_from_several_threads_take_turns_on_the_one_context() -> None:
+    """The JIT hook routes calls from every thread to one engine; each call binds its own shapes and addresses
+    on the shared execution context, so concurrent calls must not interleave."""
+    import threading
+
+    engine, ctx, _ = _engine(TWO_PROFILES)
+    errors: list[BaseException] = []
+
+    def worker(rows: int) -> None:
+        try:
+            for _ in range(40):
+                x = torch.randn(rows, 3)
+                torch.testing.assert_close(engine(x), 2 * x + 1)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(rows,)) for rows in (2, 3, 6, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert ctx.executions == 160

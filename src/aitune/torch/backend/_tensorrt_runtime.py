@@ -18,7 +18,8 @@ off for the engine (logged once at INFO) and calls run normally.
 
 The engine depends on TensorRT only through the objects it is given (engine, context, library module), which
 keeps its own logic testable without a GPU. Known limits: outputs with data-dependent shapes (TensorRT reports
--1 dims after the input shapes are set) are not supported; the engine is not thread-safe (one context).
+-1 dims after the input shapes are set) are not supported; calls from several threads take turns (one context,
+one lock).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,6 +183,8 @@ class TensorRTEngine(Engine):
         self.replays = 0
         self._logged_eager = False
         self._multi_gpu = device.type == "cuda" and torch.cuda.device_count() > 1
+        # The context's shapes, addresses, active profile and graph are per engine: one call at a time.
+        self._lock = threading.Lock()
 
     def _dtype(self, name: str) -> torch.dtype:
         trt_dtype = self._engine.get_tensor_dtype(name)
@@ -215,7 +219,7 @@ class TensorRTEngine(Engine):
             self._choices[shapes] = index
         if index is None:
             return self._eager(shapes, args, kwargs)
-        with self._device_guard():
+        with self._lock, self._device_guard():
             outputs = self._replay(index, shapes, inputs) if self._use_graphs else self._run(index, inputs)
         return self._io.unflatten_outputs(outputs)
 
