@@ -65,6 +65,24 @@ class TorchInductorJitBackendConfig(BackendConfig):
         return self
 
 
+def autocast_for(enabled: bool, dtype_name: str | None, device: torch.device
+                 ) -> tuple[torch.autocast | None, torch.dtype | None]:
+    """(the autocast context, the dtype it computes in) for an engine's settings; (None, None) when disabled.
+    The default dtype is float16 on CUDA, bfloat16 on the CPU."""
+    if not enabled:
+        return None, None
+    dtype = _DTYPES[dtype_name] if dtype_name else (torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype), dtype
+
+
+def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
+    """Run `engine` on every recorded sample now, so torch.compile's compiles (one per distinct shape) happen
+    while tuning, not on a user's call."""
+    for sample in samples:
+        engine(*sample.args, **sample.kwargs)
+    return engine
+
+
 class _CompiledEngine(Engine):
     def __init__(self, module: torch.nn.Module, compiled: Any, *, copy_outputs: bool,
                  autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:
@@ -105,18 +123,9 @@ class TorchInductorJitBackend(Backend):
         # Compile the module's _call_impl (as nn.Module.compile does): forward hooks still run, and a frame
         # that falls back to Python never re-enters the patched __call__ of this module.
         compiled = torch.compile(entry_point(module), **kwargs)
-        autocast = None
-        compute_dtype = None
-        if cfg.autocast_enabled:
-            dtype = _DTYPES[cfg.autocast_dtype] if cfg.autocast_dtype else (
-                torch.float16 if device.type == "cuda" else torch.bfloat16)
-            autocast = torch.autocast(device_type=device.type, dtype=dtype)
-            compute_dtype = dtype
+        autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         uses_cudagraphs = device.type == "cuda" and (
             cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
         engine = _CompiledEngine(module, compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
                                  compute_dtype=compute_dtype)
-        # Compile now, for every distinct recorded shape, so no compile is left for a user's call.
-        for sample in samples:
-            engine(*sample.args, **sample.kwargs)
-        return engine
+        return compile_on_samples(engine, samples)

@@ -46,7 +46,7 @@ from pydantic import AliasChoices, Field, JsonValue, PlainValidator, WrapSeriali
 
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
-from aitune.torch.backend._inductor import _DTYPES, _CompiledEngine, entry_point
+from aitune.torch.backend._inductor import _CompiledEngine, autocast_for, compile_on_samples, entry_point
 from aitune.torch.backend._flat import FlatIO, FlatModule
 from aitune.torch.backend._optional import missing_reason, require
 
@@ -272,17 +272,11 @@ class TorchTensorRTJitBackend(_TorchTensorRTBackend):
         options.setdefault("device", _trt_device(trt, device))
         compiled = torch.compile(entry_point(module), backend="torch_tensorrt", options=options,
                                  dynamic=cfg.dynamic_shapes, fullgraph=cfg.fullgraph)
-        autocast = None
-        compute_dtype = None
-        if cfg.autocast_enabled:
-            compute_dtype = _DTYPES[cfg.autocast_dtype or "float16"]
-            autocast = torch.autocast(device_type=device.type, dtype=compute_dtype)
+        autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         # Engines allocate fresh outputs on every call: nothing to copy.
         engine = _JitEngine(module, compiled, copy_outputs=False, autocast=autocast, compute_dtype=compute_dtype)
         # Build now, for every recorded shape, so no engine build is left for a user's call.
-        for sample in samples:
-            engine(*sample.args, **sample.kwargs)
-        return engine
+        return compile_on_samples(engine, samples)
 
 
 class InputRange(NamedTuple):
