@@ -507,7 +507,7 @@ class ConvNet(torch.nn.Module):
 def test_engine_runs_on_cuda_and_round_trips(tmp_path: Path, use_cuda_graphs: bool, precision: str) -> None:
     quant = None
     if precision == "fp16":
-        pytest.importorskip("modelopt.onnx.autocast", reason="ONNX AutoCast needs nvidia-modelopt[onnx]")
+        pytest.importorskip("modelopt.onnx.autocast", reason="ONNX AutoCast needs pip install 'aitune[modelopt]'")
         from aitune.torch.backend._quantization import ONNXAutoCastConfig
 
         quant = ONNXAutoCastConfig(precision="fp16")

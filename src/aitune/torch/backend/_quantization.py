@@ -145,8 +145,8 @@ def _modelopt(submodule: str) -> Any:
         return importlib.import_module(submodule)
     except ImportError as e:
         raise BackendUnavailableError(
-            f"{submodule} does not import ({e}); its dependencies are missing: pip install 'aitune[modelopt]' "
-            "(nvidia-modelopt[onnx])", backend="TensorRTBackend") from e
+            f"{submodule} does not import ({e}); its dependencies are missing: pip install 'aitune[modelopt]'",
+            backend="TensorRTBackend") from e
 
 
 def _graph_inputs(onnx_path: Path) -> list[str]:
