@@ -5,8 +5,8 @@ in its default mode and with CUDA graphs (mode="reduce-overhead": at small batch
 and CUDA graphs are where most of the speed is), and ONNX Runtime where it has a CUDA execution provider.
 On the CPU: TorchInductor and ONNX Runtime. Eager is not a candidate: every candidate is measured against it.
 
-A backend left out because its library is missing is named once per process in one INFO line, with the
-install command.
+A backend left out because its library is missing, or because it declines the device, is named once per process
+and device type in one INFO line, with the reason (the install command for a missing library).
 """
 
 from __future__ import annotations
@@ -37,18 +37,7 @@ _CPU: list[tuple[str, dict[str, Any]]] = [
 #: Backends offered by default only when this library is installed, though they accept another when configured:
 #: TensorRT-RTX builds engines but does not run them on data-center GPUs (Hopper), so it is opt-in.
 _DEFAULT_NEEDS = {"TensorRTBackend": "tensorrt"}
-_reported: set[str] = set()
-
-
-def _ort_has_cuda() -> bool:
-    if not installed("onnxruntime"):
-        return False
-    try:
-        import onnxruntime
-
-        return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers()))
-    except Exception:  # a broken install is the same as none
-        return False
+_reported: set[tuple[str, str]] = set()
 
 
 def default_backends(device: torch.device) -> list[Backend]:
@@ -63,16 +52,13 @@ def default_backends(device: torch.device) -> list[Backend]:
         needs = _DEFAULT_NEEDS.get(name)
         if missing is None and needs is not None and not installed(needs):
             missing = f"not tried by default without {needs} (pip install 'aitune[{backend.extra}]')"
+        if missing is None:
+            # The backend's own device check (e.g. an onnxruntime without a CUDA execution provider).
+            missing = backend.unsupported_reason(device)
         if missing is not None:
-            if name not in _reported:
-                _reported.add(name)
-                logger.info("not trying %s: %s", name, missing)
-            continue
-        if name == "ONNXRuntimeBackend" and device.type == "cuda" and not _ort_has_cuda():
-            if "ONNXRuntimeBackend:cuda" not in _reported:
-                _reported.add("ONNXRuntimeBackend:cuda")
-                logger.info("not trying ONNXRuntimeBackend on CUDA: this onnxruntime has no CUDA execution provider "
-                            "(pip install onnxruntime-gpu)")
+            if (name, device.type) not in _reported:
+                _reported.add((name, device.type))
+                logger.info("not trying %s on %s: %s", name, device.type, missing)
             continue
         chosen.append(backend)
     return chosen
