@@ -80,6 +80,8 @@ class SignatureRecord:
     #: "recording" -> "tuning" -> "tuned" | "eager"
     status: str = "recording"
     engine: Any = field(default=None, repr=False)
+    #: The Backend object that built `engine` (for saving it).
+    backend_obj: Any = field(default=None, repr=False)
     backend: str | None = None
     #: The winner with its settings, e.g. "TorchInductorJitBackend(mode='reduce-overhead')".
     backend_description: str | None = None
@@ -92,6 +94,8 @@ class SignatureRecord:
     out_of_range_calls: int = 0
     #: The shape range the engine was built and checked for (a snapshot; the observed range keeps growing).
     engine_range: tuple[list[list[int]], list[list[int]]] | None = None
+    #: "hit" when the decision was reused from the persistent cache, "stored" when it was written there.
+    cache: str | None = None
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -162,7 +166,7 @@ class SignatureRecord:
                 "reason": self.reason, "calls": self.calls,
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
-                "inputs": inputs, "candidates": self.candidates}
+                "cache": self.cache, "inputs": inputs, "candidates": self.candidates}
 
 
 def _round(x: float | None) -> float | None:

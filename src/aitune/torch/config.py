@@ -50,6 +50,14 @@ def _float_dtype_name(key: Any) -> str:
     raise ValueError(f"{key!r} is not a floating-point dtype name (known: {', '.join(_float_dtype_names())})")
 
 
+def parse_byte_size(value: str) -> int:
+    """"512MiB", "2GB" or "1000" as a number of bytes (ValueError otherwise)."""
+    try:
+        return int(_BYTE_SIZE.validate_python(value.strip()))
+    except ValidationError:
+        raise ValueError(f"cannot read {value!r} as a byte count") from None
+
+
 class GlobalConfig(TrackedSettings):
     """Settings for every tuning entry point."""
 
@@ -83,12 +91,7 @@ class GlobalConfig(TrackedSettings):
     @field_validator("max_samples_bytes", mode="before")
     @classmethod
     def _parse_bytes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return int(_BYTE_SIZE.validate_python(value.strip()))
-            except ValidationError:
-                raise ValueError(f"cannot read {value!r} as a byte count") from None
-        return value
+        return parse_byte_size(value) if isinstance(value, str) else value
 
     @field_validator("tolerances", mode="before")
     @classmethod

@@ -14,18 +14,18 @@ from typing import Any
 
 import torch
 
+from aitune.torch import _tuning
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import SignatureRecord, first_device
 from aitune.torch.backend import Backend
 from aitune.torch.backend._defaults import default_backends
-from aitune.torch.jit import _tracker
+from aitune.torch.jit import _cache, _tracker
 from aitune.torch.jit._runtime import Busy
 from aitune.torch.jit._settings import SETTINGS
 from aitune.torch.jit._tracker import LOCK, ModuleState, release_samples
 from aitune.torch.tune_strategy import (
     FirstWinsStrategy,
     HighestThroughputStrategy,
-    TuneJob,
     TuneOutcome,
     TuneStrategy,
 )
@@ -96,8 +96,6 @@ def tune_signature(st: ModuleState, sig: SignatureRecord) -> None:
 
 
 def _run_strategy(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module) -> TuneOutcome:
-    from aitune.torch.config import config as global_config
-
     samples = list(sig.samples)
     device = first_device(samples)
     backends = _candidates(device)
@@ -113,27 +111,20 @@ def _run_strategy(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module
                        for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes))
     logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", st.name, device, len(samples), shapes,
                 strategy.describe(), ", ".join(b.describe() for b in backends))
-    job = TuneJob(module=module, name=st.name, signature=sig, samples=samples, device=device, backends=backends,
-                  tolerances=dict(global_config.tolerances), min_speedup=float(global_config.min_speedup),
-                  warmup=int(global_config.timing_warmup), iterations=int(global_config.timing_iterations),
-                  max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
-                  progress=SETTINGS.progress)
-    # Build and check under the grad and inference modes the signature was recorded in (part of its key).
-    with torch.set_grad_enabled(bool(sig.key[0])):
-        if sig.key[1]:
-            with torch.inference_mode():
-                return strategy.tune(job)
-        return strategy.tune(job)
+    job = _tuning.make_job(module, st.name, sig, samples, device, backends, progress=SETTINGS.progress)
+    return _tuning.run(job, strategy, _cache.store_from_config())
 
 
 def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, error: BaseException | None) -> None:
     if outcome is not None:
         sig.candidates = [c.to_report() for c in outcome.candidates]
         sig.eager_latency_ms = outcome.eager_latency_ms
+        sig.cache = outcome.cache
     module = st.ref()
     if error is None and outcome is not None and outcome.winner is not None and st.status == "active":
         winner = outcome.winner
         sig.engine = winner.engine
+        sig.backend_obj = winner.backend_obj
         sig.backend = type(winner.backend_obj).__name__ if winner.backend_obj is not None else winner.backend
         sig.backend_description = winner.backend
         sig.tuned_latency_ms = winner.latency_ms
@@ -145,7 +136,8 @@ def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, 
             st.param_ids, st.version_sum = _tracker.fingerprint(module)
         eager, tuned = outcome.eager_latency_ms, winner.latency_ms
         speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""
-        logger.info("%s: tuned with %s%s", st.name, winner.backend, speed)
+        cached = " (from the cache)" if outcome.cache == "hit" else ""
+        logger.info("%s: tuned with %s%s%s", st.name, winner.backend, speed, cached)
         if not st.decided:
             st.decided = True
             _tracker.detach_descendants(st)

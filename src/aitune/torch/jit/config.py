@@ -151,6 +151,16 @@ class JITConfig(TrackedSettings):
         default="INFO", description="Level of the stderr log handler the JIT mode installs on the `aitune` logger.",
         json_schema_extra={"accepted": "one of " + ", ".join(_LOG_LEVELS) + " (case-insensitive)"})
     progress: bool = Field(default=True, description="Show progress lines while a long tuning runs.")
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Directory of the persistent cache: each module's decision and saved engine are reused by "
+                    "later runs of the same script instead of tuning again; PyTorch's compile caches go there too. "
+                    "Unset: no persistent cache.",
+        json_schema_extra={"accepted": "a directory path (created if missing), or empty for no cache"})
+    cache_max_bytes: int = Field(
+        default=10 << 30, ge=0,
+        description="Size budget of the cache's saved engines; least recently used entries are evicted past it.",
+        json_schema_extra={"accepted": "a byte count >= 0: an integer or a size such as 500MB or 20GiB"})
 
     @classmethod
     def accepted_values(cls, field_name: str) -> str:
@@ -216,6 +226,24 @@ class JITConfig(TrackedSettings):
         if isinstance(value, (str, Path)):
             # Resolved now: a script that changes directory must not move the report.
             return Path(value).expanduser().absolute()
+        return value
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _parse_cache_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, (str, Path)):
+            return Path(value).expanduser().absolute()
+        return value
+
+    @field_validator("cache_max_bytes", mode="before")
+    @classmethod
+    def _parse_cache_bytes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from aitune.torch.config import parse_byte_size
+
+            return parse_byte_size(value)
         return value
 
     @field_validator("log_level", mode="before")

@@ -105,6 +105,8 @@ class TuneOutcome:
     candidates: list[CandidateResult]
     eager_latency_ms: float | None
     reason: str | None = None
+    #: Where the decision came from: None (tuned now), "hit" (reused from the persistent cache).
+    cache: str | None = None
 
 
 class _Heartbeat:
@@ -156,7 +158,16 @@ def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> Candida
                               backend=desc) from e
         return CandidateResult(desc, ok=False, error=f"build: {_error_text(e)}", backend_obj=backend,
                                build_s=time.perf_counter() - start)
-    build_s = time.perf_counter() - start
+    return check(job, backend, engine, build_s=time.perf_counter() - start, measure=measure)
+
+
+def check(job: TuneJob, backend: Backend, engine: Engine, *, build_s: float | None = None, measure: bool = True,
+          what: str = "built in") -> CandidateResult:
+    """Check a built or loaded `engine` against the recorded eager outputs on every sample, then time it.
+
+    The engine is released when it is rejected. Never raises unless the job is strict.
+    """
+    desc = backend.describe()
     result = CandidateResult(desc, ok=False, build_s=build_s, engine=engine, backend_obj=backend)
     try:
         worst = 0.0
@@ -164,15 +175,15 @@ def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> Candida
         for i, sample in enumerate(job.samples):
             args, kwargs = _tree.clone((sample.args, sample.kwargs))
             out = engine(*args, **kwargs)
-            check = compare_outputs(sample.outputs, out, job.tolerances, compute_dtype)
-            if not check.ok:
-                result.error = f"sample {i}: {check.reason}"
+            verdict = compare_outputs(sample.outputs, out, job.tolerances, compute_dtype)
+            if not verdict.ok:
+                result.error = f"sample {i}: {verdict.reason}"
                 break
             expected_inputs = sample.inputs_after or (sample.args, sample.kwargs)
             if not same_values(expected_inputs, (args, kwargs)):
                 result.error = f"sample {i}: changes its inputs in place differently from eager"
                 break
-            worst = max(worst, check.max_abs_error)
+            worst = max(worst, verdict.max_abs_error)
         else:
             result.max_abs_error = worst
             if measure:
@@ -186,8 +197,8 @@ def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> Candida
         result.error = f"run: {_error_text(e)}"
     if result.ok:
         lat = f"{result.latency_ms:.3f} ms" if result.latency_ms is not None else "not timed"
-        logger.info("  %s: ok, %s, max abs error %.2g, built in %.1f s", desc, lat, result.max_abs_error or 0.0,
-                    build_s)
+        logger.info("  %s: ok, %s, max abs error %.2g, %s %.1f s", desc, lat, result.max_abs_error or 0.0, what,
+                    build_s or 0.0)
     else:
         logger.info("  %s: rejected (%s)", desc, result.error)
         if result.engine is not None:

@@ -1,0 +1,191 @@
+"""Tuning one input signature of one module: the step shared by JIT mode and the explicit API.
+
+`run(job, strategy, cache)` asks the persistent cache first. A cached decision is reused only after its engine
+(loaded from disk for AOT backends, rebuilt for JIT ones) matched the eager outputs of this process's own
+samples; a cached "stays eager" is reused as is. Otherwise the strategy tunes, and its decision is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from aitune.torch import _fingerprint
+from aitune.torch._errors import TuningError
+from aitune.torch.tune_strategy._base import TuneJob, TuneOutcome, TuneStrategy, check
+
+if TYPE_CHECKING:
+    from aitune.torch.backend import Backend
+    from aitune.torch.cache._store import EngineStore, Hit
+
+logger = logging.getLogger(__name__)
+
+
+def make_job(module: torch.nn.Module, name: str, signature: Any, samples: Sequence[Any], device: torch.device,
+             backends: Sequence[Backend], *, progress: bool = True) -> TuneJob:
+    """A TuneJob with the global settings (tolerances, timing, min_speedup, strict) as they are now."""
+    from aitune.torch.config import config as global_config
+
+    return TuneJob(module=module, name=name, signature=signature, samples=list(samples), device=device,
+                   backends=list(backends), tolerances=dict(global_config.tolerances),
+                   min_speedup=float(global_config.min_speedup), warmup=int(global_config.timing_warmup),
+                   iterations=int(global_config.timing_iterations),
+                   max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
+                   progress=progress)
+
+
+def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
+    """Decide for one signature, under the grad and inference modes it was recorded in (part of its key)."""
+    grad, inference = bool(job.signature.key[0]), bool(job.signature.key[1])
+    with torch.set_grad_enabled(grad):
+        if inference:
+            with torch.inference_mode():
+                return _run(job, strategy, store)
+        return _run(job, strategy, store)
+
+
+def _run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> TuneOutcome:
+    if store is None:
+        return strategy.tune(job)
+    try:
+        fields = key_fields(job, strategy)
+        key = digest(fields)
+    except Exception as e:
+        logger.info("%s: no cache key (%s: %s); tuning without the cache", job.name, type(e).__name__, e)
+        return strategy.tune(job)
+    hit = _lookup(store, key, job.name)
+    if hit is not None:
+        reused = _reuse(job, hit)
+        if reused is not None:
+            return reused
+        _forget(store, key)
+    outcome = strategy.tune(job)
+    _store(store, key, fields, job, outcome)
+    return outcome
+
+
+def key_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
+    """Everything that changes the engine or the decision, as plain data (readable in entry.json)."""
+    module = job.module
+    sig = job.signature
+    return {
+        "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "structure": _fingerprint.structure_digest(module),
+        "weights": _fingerprint.weights_digest(module),
+        "signature": repr(sig.key),
+        "inputs": [{**d, "min": list(lo), "max": list(hi)}
+                   for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes)],
+        "backends": [{"name": b.name, "kind": b.kind, "settings": b.engine_settings()} for b in job.backends],
+        "strategy": f"{type(strategy).__module__}.{type(strategy).__qualname__}",
+        "tolerances": {k: list(v) for k, v in sorted(job.tolerances.items())},
+        "min_speedup": job.min_speedup,
+        "libraries": _fingerprint.library_versions(),
+        "device": _fingerprint.device_model(job.device),
+        "device_name": str(job.device),
+    }
+
+
+def digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _lookup(store: EngineStore, key: str, name: str) -> Hit | None:
+    try:
+        return store.lookup(key)
+    except Exception as e:
+        logger.warning("aitune cache: reading %s failed (%s: %s); tuning %s again", store.root, type(e).__name__, e,
+                       name)
+        return None
+
+
+def _forget(store: EngineStore, key: str) -> None:
+    try:
+        store.remove(key)
+    except Exception:
+        logger.debug("removing cache entry %s failed", key, exc_info=True)
+
+
+def _reuse(job: TuneJob, hit: Hit) -> TuneOutcome | None:
+    """The cached decision, once its engine matched eager on this process's samples; None to tune again."""
+    record = hit.record
+    eager_ms = record.get("eager_latency_ms")
+    if record.get("decision") == "eager":
+        reason = f"{record.get('reason') or 'not tuned'} (cached decision)"
+        logger.info("%s: stays eager, as decided in an earlier run (cache %s)", job.name, hit.key[:12])
+        return TuneOutcome(None, [], eager_ms, reason, cache="hit")
+    index = record.get("backend_index")
+    if not isinstance(index, int) or not 0 <= index < len(job.backends):
+        return None
+    backend = job.backends[index]
+    if backend.describe() != record.get("backend"):
+        return None
+    start = time.perf_counter()
+    engine_dir = hit.engine_dir
+    try:
+        if backend.kind == "aot" and engine_dir is not None:
+            how = "loaded from the cache in"
+            engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device)
+        else:
+            how = "rebuilt (cached decision) in"
+            engine = backend.build(job.module, job.signature, job.samples, job.device)
+    except Exception as e:
+        logger.info("%s: the cached %s engine could not be %s (%s: %s); tuning again", job.name, backend.describe(),
+                    "loaded" if engine_dir is not None else "rebuilt", type(e).__name__, str(e)[:300])
+        if job.strict:
+            raise TuningError(f"reusing the cached engine of {job.name} failed: {e}", module_name=job.name,
+                              backend=backend.describe()) from e
+        return None
+    result = check(job, backend, engine, build_s=time.perf_counter() - start, measure=False, what=how)
+    if not result.ok:
+        logger.info("%s: the cached %s engine does not match eager here (%s); tuning again", job.name,
+                    backend.describe(), result.error)
+        return None
+    result.latency_ms = record.get("tuned_latency_ms")
+    logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)", job.name,
+                backend.describe(), hit.key[:12], len(job.samples))
+    return TuneOutcome(result, [result], eager_ms, cache="hit")
+
+
+def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome) -> None:
+    if not outcome.candidates:
+        return  # nothing was tried (no backend): nothing worth remembering
+    winner = outcome.winner
+    record: dict[str, Any] = {
+        "module": job.name, "module_class": fields["module_class"], "key_fields": fields,
+        "decision": "tuned" if winner is not None else "eager", "reason": outcome.reason,
+        "eager_latency_ms": outcome.eager_latency_ms,
+        "candidates": [c.to_report() for c in outcome.candidates],
+    }
+    save = None
+    if winner is not None:
+        backend = winner.backend_obj
+        record.update(backend=winner.backend, backend_name=backend.name if backend is not None else None,
+                      backend_index=_index_of(job.backends, backend), tuned_latency_ms=winner.latency_ms,
+                      kind=backend.kind if backend is not None else None)
+        engine = winner.engine
+        if backend is not None and backend.kind == "aot" and engine is not None:
+            save = engine.save
+    try:
+        published = store.publish(key, record, save)
+    except NotImplementedError:
+        published = store.publish(key, record, None)
+    except Exception as e:
+        logger.warning("aitune cache: storing the decision for %s failed (%s: %s)", job.name, type(e).__name__,
+                       str(e)[:300])
+        return
+    outcome.cache = "stored" if published else "stored by another process"
+    logger.info("%s: decision stored in the cache (%s)", job.name, key[:12])
+
+
+def _index_of(backends: Sequence[Backend], backend: Backend | None) -> int | None:
+    for i, b in enumerate(backends):
+        if b is backend:
+            return i
+    return None
+

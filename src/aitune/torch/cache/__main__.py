@@ -1,0 +1,69 @@
+"""`python -m aitune.torch.cache list|clear|evict`: inspect and empty the persistent cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from aitune.torch import cache
+from aitune.torch._errors import ConfigError
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _ago(t: float) -> str:
+    s = max(0.0, time.time() - t)
+    return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else f"{s / 3600:.0f} h ago"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aitune.torch.cache", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("list", "list the cached decisions, most recently used first"),
+                       ("clear", "delete every cached decision and engine"),
+                       ("evict", "evict least-recently-used entries down to a size")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dir", default=None, help="cache directory (default: AITUNE_JIT_CACHE_DIR)")
+        if name == "list":
+            p.add_argument("--verify", action="store_true", help="check every file's sha256 too")
+            p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "evict":
+            p.add_argument("--max-bytes", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        root = cache.directory(args.dir)
+        if args.command == "clear":
+            n = cache.clear(root)
+            print(f"cleared {n} entr{'y' if n == 1 else 'ies'} from {root}")
+            return 0
+        if args.command == "evict":
+            gone = cache.evict(root, args.max_bytes)
+            print(f"evicted {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} from {root}")
+            return 0
+        infos = cache.entries(root, verify=args.verify)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{**i.__dict__, "path": str(i.path)} for i in infos], indent=1))
+        return 0
+    print(f"{root}: {len(infos)} entr{'y' if len(infos) == 1 else 'ies'}, "
+          f"{_size(sum(i.size_bytes for i in infos))}")
+    for i in infos:
+        what = i.backend if i.decision == "tuned" else i.decision
+        state = "" if i.valid else f"  INVALID: {i.problem}"
+        print(f"  {i.key[:12]}  {i.module:<32} {what:<44} {_size(i.size_bytes):>10}  used {_ago(i.last_used)}{state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
