@@ -96,6 +96,9 @@ class SignatureRecord:
     engine_range: tuple[list[list[int]], list[list[int]]] | None = None
     #: "hit" when the decision was reused from the persistent cache, "stored" when it was written there.
     cache: str | None = None
+    #: One recorded sample kept after tuning (explicit API): `ait.save` stores its inputs so that `ait.load` can
+    #: check the loaded engine against the model's eager outputs.
+    reference: Sample | None = field(default=None, repr=False)
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
