@@ -64,6 +64,9 @@ class Backend(abc.ABC):
     #: True when its engines hold their own copy of the weights (see `Engine.bakes_weights`): such backends are
     #: not tried again for a module whose weights changed in place under one of their engines.
     bakes_weights: ClassVar[bool] = False
+    #: True when loading a saved artifact runs code from it (a compiled shared library, a pickle). Checkpoints
+    #: then rebuild such engines instead of loading them, unless the user trusts the file.
+    artifact_runs_code: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig | None = None, **options: Any) -> None:
         if config is not None and options:

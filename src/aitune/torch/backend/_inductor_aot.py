@@ -186,6 +186,8 @@ class TorchInductorAotBackend(Backend):
 
     config_class = TorchInductorAotBackendConfig
     kind = "aot"
+    #: The package holds a compiled shared library that loading runs.
+    artifact_runs_code = True
     device_types = ("cpu", "cuda")
 
     config: TorchInductorAotBackendConfig

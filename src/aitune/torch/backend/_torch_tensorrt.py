@@ -427,6 +427,8 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
 
     config_class = TorchTensorRTAotBackendConfig
     kind = "aot"
+    #: torch.export.load unpickles parts of the saved program.
+    artifact_runs_code = True
 
     config: TorchTensorRTAotBackendConfig
 

@@ -33,7 +33,7 @@ def directory(path: str | os.PathLike[str] | None = None) -> Path:
     raise ConfigError("no cache directory: pass one, or set AITUNE_JIT_CACHE_DIR", field="cache_dir")
 
 
-def _store(path: str | os.PathLike[str] | None) -> EngineStore:
+def _store_at(path: str | os.PathLike[str] | None) -> EngineStore:
     from aitune.torch.jit.config import config
 
     return EngineStore(directory(path), int(config.cache_max_bytes))
@@ -41,18 +41,18 @@ def _store(path: str | os.PathLike[str] | None) -> EngineStore:
 
 def entries(path: str | os.PathLike[str] | None = None, *, verify: bool = False) -> list[CacheEntryInfo]:
     """The cached decisions, most recently used first. `verify` also checks every file's sha256."""
-    return _store(path).entries(verify=verify)
+    return _store_at(path).entries(verify=verify)
 
 
 def clear(path: str | os.PathLike[str] | None = None) -> int:
     """Delete every cached decision and engine, and PyTorch's compile caches kept there. Returns how many
     entries were deleted."""
-    return _store(path).clear()
+    return _store_at(path).clear()
 
 
 def evict(path: str | os.PathLike[str] | None = None, max_bytes: int | None = None) -> list[str]:
     """Evict least-recently-used entries until the cache fits `max_bytes` (default: `config.cache_max_bytes`)."""
-    store = _store(path)
+    store = _store_at(path)
     if max_bytes is not None:
         store.max_bytes = int(max_bytes)
     return store.evict()

@@ -157,8 +157,7 @@ class EngineStore:
 
     # writing
 
-    def publish(self, key: str, record: dict[str, Any], save: Callable[[Path], None] | None = None,
-                *, write_hook: Callable[[Path], None] | None = None) -> bool:
+    def publish(self, key: str, record: dict[str, Any], save: Callable[[Path], None] | None = None) -> bool:
         """Write an entry for `key` atomically. `save(dir)` writes the engine artifact into `dir`.
 
         Returns False when another process published the same key first (its entry is kept). Raises what
@@ -179,8 +178,6 @@ class EngineStore:
             _write_synced(tmp / ENTRY_FILE, json.dumps(full, indent=1, sort_keys=True, default=str))
             for p in _files_under(tmp):
                 _fsync(p)
-            if write_hook is not None:
-                write_hook(tmp)
             with self._lock():
                 dest = self.entries_dir / key
                 self.entries_dir.mkdir(parents=True, exist_ok=True)

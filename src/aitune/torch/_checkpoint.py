@@ -1,0 +1,481 @@
+"""`ait.save` / `ait.load`: a tuned model's engines in one file, `x.ait`, with `x_sha256_sums.txt` beside it.
+
+`x.ait` is a zip archive of plain data:
+
+    manifest.json                 format, versions, and per wrapped module: its structure and weight digests and,
+                                  per tuned input signature, the backend (registered name + settings), shape
+                                  ranges, latencies and the sha256 of every other member
+    modules/<i>/<j>/inputs.pt     the inputs of one recorded call (tensors and plain containers only)
+    modules/<i>/<j>/engine/...    the saved engine of an AOT backend (ONNX file, TensorRT plan, AOTInductor package)
+
+`x_sha256_sums.txt` holds the sha256 of `x.ait` in `sha256sum` format, so `sha256sum -c x_sha256_sums.txt`
+works too. `load` checks it, then every member against the manifest, and refuses a tampered, truncated or
+mismatched checkpoint with a CheckpointError naming the file. Nothing in the file is executed: the manifest is
+JSON validated field by field, backends are looked up by registered name only, inputs are read with
+`torch.load(weights_only=True)`, and engines whose loading would run code from the file (AOTInductor's compiled
+library, Torch-TensorRT's pickled program) are rebuilt from the recorded inputs unless `trust_native_code=True`.
+
+Every engine, loaded or rebuilt, is checked against the model's own eager outputs on the recorded inputs before
+it serves a call. Engines of JIT backends (torch.compile) are always rebuilt.
+
+Known limits: inputs that hold objects other than tensors, numbers, strings and plain containers cannot be
+stored safely, so such signatures are left out of the checkpoint (with a warning). A rebuilt AOT engine covers
+the recorded call's shapes only; other shapes run eagerly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+import aitune
+from aitune.torch import _fingerprint, _tree, _tuning
+from aitune.torch._checking import same_values
+from aitune.torch._errors import AITuneError, UnknownBackendError
+from aitune.torch._samples import Sample, SignatureRecord, signature_key
+from aitune.torch.tune_strategy._base import check
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "aitune-checkpoint"
+VERSION = 1
+MANIFEST = "manifest.json"
+_SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+class CheckpointError(AITuneError):
+    """A checkpoint cannot be saved or loaded; `path` names the file."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _SignatureEntry(_Strict):
+    grad_enabled: bool
+    inference_mode: bool
+    inputs_file: str
+    inputs: list[dict[str, str]]
+    min_shapes: list[list[int]]
+    max_shapes: list[list[int]]
+    engine_min_shapes: list[list[int]]
+    engine_max_shapes: list[list[int]]
+    backend_name: str
+    backend: str
+    kind: Literal["jit", "aot"]
+    settings: dict[str, Any]
+    artifact_dir: str | None
+    artifact_runs_code: bool
+    eager_latency_ms: float | None
+    tuned_latency_ms: float | None
+
+
+class _ModuleEntry(_Strict):
+    name: str
+    module_class: str
+    structure: str
+    weights: str
+    device: str
+    signatures: list[_SignatureEntry]
+
+
+class _Manifest(_Strict):
+    format: Literal["aitune-checkpoint"]
+    version: int
+    created: float
+    libraries: dict[str, str]
+    device_model: str
+    modules: list[_ModuleEntry]
+    files: dict[str, str]
+
+
+def sums_path(path: Path) -> Path:
+    """`x.ait` -> `x_sha256_sums.txt` beside it."""
+    return path.with_name(f"{path.stem}_sha256_sums.txt")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _wrappers(obj: Any) -> list[tuple[str, Any]]:
+    """(name, runtime) of every ait.Module reachable from a model or pipeline, in a stable order."""
+    from aitune.torch._api import find_wrappers
+
+    return [(rt.name, rt) for rt in find_wrappers(obj)]
+
+
+# saving
+
+def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the tuned engines of every `ait.Module` in `model_or_pipeline` to `path` (conventionally `x.ait`)
+    and their hash to `x_sha256_sums.txt`. Both are replaced atomically. Returns the checkpoint's path."""
+    target = Path(path).expanduser().absolute()
+    wrappers = _wrappers(model_or_pipeline)
+    if not wrappers:
+        raise CheckpointError(f"{target}: nothing to save: no ait.Module in {type(model_or_pipeline).__name__} "
+                              "(wrap modules with ait.Module or ait.wrap, then ait.tune)", path=target)
+    names = [n for n, _ in wrappers]
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{target}: two wrapped modules share a name ({', '.join(sorted(names))}); give "
+                              "each ait.Module a distinct name", path=target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aitune-save-") as staging_dir:
+        staging = Path(staging_dir)
+        modules = [_stage_module(i, name, rt, staging) for i, (name, rt) in enumerate(wrappers)]
+        files = {str(p.relative_to(staging).as_posix()): _sha256(p) for p in sorted(_walk(staging))}
+        device = next((s.inputs[0]["device"] for m in modules for s in m.signatures if s.inputs), "cpu")
+        manifest = _Manifest(format=FORMAT, version=VERSION, created=time.time(),
+                             libraries=_fingerprint.library_versions(),
+                             device_model=_fingerprint.device_model(torch.device(device)), modules=modules,
+                             files=files)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.writestr(MANIFEST, manifest.model_dump_json(indent=1))
+                for rel in files:
+                    zf.write(staging / rel, rel)
+            digest = _sha256(tmp)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    sums = sums_path(target)
+    sums_tmp = sums.with_name(f".{sums.name}.{os.getpid()}.tmp")
+    sums_tmp.write_text(f"{digest}  {target.name}\n", encoding="utf-8")
+    os.replace(sums_tmp, sums)
+    n_sigs = sum(len(m.signatures) for m in modules)
+    logger.info("saved %d module(s), %d tuned signature(s) to %s (%s)", len(modules), n_sigs, target, sums.name)
+    return target
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            yield Path(dirpath) / name
+
+
+def _stage_module(i: int, name: str, rt: Any, staging: Path) -> _ModuleEntry:
+    module = rt.module
+    entries = []
+    for j, sig in enumerate(rt.signatures.values()):
+        if sig.status != "tuned" or sig.engine is None or sig.backend_obj is None:
+            continue
+        if sig.reference is None:
+            logger.warning("%s: signature %d has no recorded inputs to store; it is not saved", name, j)
+            continue
+        folder = staging / "modules" / str(i) / str(j)
+        folder.mkdir(parents=True)
+        inputs_file = folder / "inputs.pt"
+        if not _storable(sig.reference):
+            logger.warning("%s: signature %d is not saved: its inputs hold objects other than tensors, numbers, "
+                           "strings and plain containers, which cannot be stored without pickle", name, j)
+            continue
+        torch.save({"args": list(sig.reference.args), "kwargs": dict(sig.reference.kwargs)}, inputs_file)
+        backend = sig.backend_obj
+        artifact_dir = None
+        if backend.kind == "aot":
+            engine_dir = folder / "engine"
+            engine_dir.mkdir()
+            try:
+                sig.engine.save(engine_dir)
+                artifact_dir = str(engine_dir.relative_to(staging).as_posix())
+            except NotImplementedError:
+                logger.info("%s: the %s engine has no artifact; it will be rebuilt at load", name, backend.name)
+        lo, hi = sig.engine_range if sig.engine_range is not None else (sig.min_shapes, sig.max_shapes)
+        entries.append(_SignatureEntry(
+            grad_enabled=bool(sig.key[0]), inference_mode=bool(sig.key[1]),
+            inputs_file=str(inputs_file.relative_to(staging).as_posix()), inputs=sig.description,
+            min_shapes=sig.min_shapes, max_shapes=sig.max_shapes, engine_min_shapes=lo, engine_max_shapes=hi,
+            backend_name=backend.name, backend=backend.describe(), kind=backend.kind,
+            settings=backend.engine_settings(), artifact_dir=artifact_dir,
+            artifact_runs_code=bool(backend.artifact_runs_code and artifact_dir is not None),
+            eager_latency_ms=sig.eager_latency_ms, tuned_latency_ms=sig.tuned_latency_ms))
+    cls = type(module)
+    return _ModuleEntry(name=name, module_class=f"{cls.__module__}.{cls.__qualname__}",
+                        structure=_fingerprint.structure_digest(module), weights=_fingerprint.weights_digest(module),
+                        device=str(_module_device(module)), signatures=entries)
+
+
+def _storable(sample: Sample) -> bool:
+    ok = (torch.Tensor, bool, int, float, str, type(None))
+
+    def walk(obj: Any) -> bool:
+        if isinstance(obj, ok):
+            return True
+        if type(obj) in (list, tuple):
+            return all(walk(v) for v in obj)
+        if type(obj) is dict:
+            return all(isinstance(k, str) and walk(v) for k, v in obj.items())
+        return False
+
+    return walk(list(sample.args)) and walk(dict(sample.kwargs))
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+# loading
+
+def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_code: bool = False) -> Any:
+    """Load the engines saved by `save` into the `ait.Module` wrappers of `model_or_pipeline` (same names, same
+    structure and weights), check each against the model's eager outputs, and return `model_or_pipeline`.
+
+    `trust_native_code=True` loads engines whose artifact is code (AOTInductor packages, Torch-TensorRT
+    programs) instead of rebuilding them: only for checkpoints from a trusted source.
+    """
+    source = Path(path).expanduser().absolute()
+    _verify_outer_hash(source)
+    wrappers = dict(_wrappers(model_or_pipeline))
+    with tempfile.TemporaryDirectory(prefix="aitune-load-") as unpack_dir:
+        unpacked = Path(unpack_dir)
+        manifest = _read_archive(source, unpacked)
+        for entry in manifest.modules:
+            rt = wrappers.get(entry.name)
+            if rt is None:
+                have = ", ".join(sorted(wrappers)) or "none"
+                raise CheckpointError(f"{source}: holds module {entry.name!r}, but the model has no ait.Module of "
+                                      f"that name (it has: {have})", path=source)
+            _check_module(source, entry, rt.module)
+            for sig_entry in entry.signatures:
+                _load_signature(source, unpacked, entry, sig_entry, rt, trust_native_code)
+    logger.info("loaded %s: %d module(s)", source, len(manifest.modules))
+    return model_or_pipeline
+
+
+def _verify_outer_hash(source: Path) -> None:
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such checkpoint file", path=source)
+    sums = sums_path(source)
+    if not sums.is_file():
+        raise CheckpointError(f"{sums}: missing; it holds the sha256 of {source.name} and is written beside it by "
+                              "ait.save. Copy it along with the checkpoint.", path=sums)
+    expected = None
+    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _SUMS_LINE.match(line.strip())
+        if m and m.group(2).strip() == source.name:
+            expected = m.group(1)
+    if expected is None:
+        raise CheckpointError(f"{sums}: has no sha256 line for {source.name}", path=sums)
+    actual = _sha256(source)
+    if actual != expected:
+        raise CheckpointError(f"{source}: sha256 {actual[:16]}... does not match {expected[:16]}... recorded in "
+                              f"{sums.name}; the file was modified, truncated or replaced. Refusing to load it.",
+                              path=source)
+
+
+def _safe_member(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and ":" not in name
+
+
+def _read_archive(source: Path, unpacked: Path) -> _Manifest:
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{source}: not a readable checkpoint archive ({e})", path=source) from None
+    with zf:
+        try:
+            raw = zf.read(MANIFEST)
+        except KeyError:
+            raise CheckpointError(f"{source}: no {MANIFEST} inside; not an aitune checkpoint", path=source) from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{source}: {MANIFEST} is unreadable ({e})", path=source) from None
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: {MANIFEST} is not valid JSON ({e})", path=source) from None
+        if isinstance(data, dict) and isinstance(data.get("version"), int) and data["version"] > VERSION:
+            raise CheckpointError(f"{source}: checkpoint format version {data['version']} is newer than this "
+                                  f"aitune ({aitune.__version__}) reads ({VERSION}); upgrade aitune", path=source)
+        try:
+            manifest = _Manifest.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise CheckpointError(f"{source}: {MANIFEST} is malformed at {where or 'top level'}: {first.get('msg')}",
+                                  path=source) from None
+        members = set(zf.namelist()) - {MANIFEST}
+        listed = set(manifest.files)
+        if members - listed:
+            raise CheckpointError(f"{source}: holds files its manifest does not list: "
+                                  f"{', '.join(sorted(members - listed)[:5])}", path=source)
+        for rel, digest in manifest.files.items():
+            if not _safe_member(rel):
+                raise CheckpointError(f"{source}: refusing member path {rel!r}", path=source)
+            try:
+                blob = zf.read(rel)
+            except KeyError:
+                raise CheckpointError(f"{source}: {rel} is listed but missing", path=source) from None
+            except (zipfile.BadZipFile, OSError) as e:
+                raise CheckpointError(f"{source}: {rel} is unreadable ({e})", path=source) from None
+            if hashlib.sha256(blob).hexdigest() != digest:
+                raise CheckpointError(f"{source}: {rel} does not match its sha256 in {MANIFEST}", path=source)
+            out = unpacked / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(blob)
+    for entry in manifest.modules:
+        for sig in entry.signatures:
+            for rel in (sig.inputs_file, sig.artifact_dir):
+                if rel is not None and not _safe_member(rel):
+                    raise CheckpointError(f"{source}: refusing path {rel!r}", path=source)
+    return manifest
+
+
+def _check_module(source: Path, entry: _ModuleEntry, module: torch.nn.Module) -> None:
+    cls = type(module)
+    qualname = f"{cls.__module__}.{cls.__qualname__}"
+    if qualname != entry.module_class or _fingerprint.structure_digest(module) != entry.structure:
+        raise CheckpointError(f"{source}: module {entry.name!r} was saved from a {entry.module_class} of another "
+                              f"structure than this {qualname} (layers, settings, forward code or parameter shapes "
+                              "differ); tune this model and save again", path=source)
+    if _fingerprint.weights_digest(module) != entry.weights:
+        raise CheckpointError(f"{source}: module {entry.name!r} has other weights than the ones it was tuned with; "
+                              "load the matching weights before ait.load, or tune again", path=source)
+    device = _module_device(module)
+    if device.type != torch.device(entry.device).type:
+        raise CheckpointError(f"{source}: module {entry.name!r} was tuned on {entry.device} but is on {device} "
+                              "now; move it first", path=source)
+
+
+def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    try:
+        data = torch.load(file, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{source}: {file.name} holds something other than plain tensor data; refusing it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+                              path=source) from None
+    if (not isinstance(data, dict) or set(data) != {"args", "kwargs"} or not isinstance(data["args"], list)
+            or not isinstance(data["kwargs"], dict)):
+        raise CheckpointError(f"{source}: {file.name} is not a recorded call", path=source)
+    return tuple(data["args"]), data["kwargs"]
+
+
+def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry: _SignatureEntry, rt: Any,
+                    trust_native_code: bool) -> None:
+    from aitune.torch.backend import create_backend
+    from aitune.torch.jit._runtime import Busy
+
+    module = rt.module
+    args, kwargs = _load_inputs(source, unpacked / sig_entry.inputs_file)
+    try:
+        backend = create_backend(sig_entry.backend_name, sig_entry.settings)
+    except UnknownBackendError as e:
+        raise CheckpointError(f"{source}: module {entry.name!r}: {e}", path=source) from None
+    except Exception as e:
+        raise CheckpointError(f"{source}: module {entry.name!r}: settings of {sig_entry.backend_name} are invalid "
+                              f"({e})", path=source) from None
+    missing = backend.unavailable_reason()
+    if missing is not None:
+        raise CheckpointError(f"{source}: module {entry.name!r} needs {sig_entry.backend}: {missing}", path=source)
+    with torch.set_grad_enabled(sig_entry.grad_enabled), _inference(sig_entry.inference_mode):
+        named = rt.normalizer.normalize(args, kwargs)
+        key = signature_key(named)
+        sig = SignatureRecord.from_call(key, named)
+        if [d for d in sig.description] != sig_entry.inputs:
+            raise CheckpointError(f"{source}: module {entry.name!r}: recorded inputs do not match their description",
+                                  path=source)
+        inputs = _tree.clone((args, kwargs))
+        with Busy():
+            outputs = _tree.clone(torch.nn.Module._wrapped_call_impl(module, *args, **kwargs))
+        after = _tree.clone((args, kwargs)) if not same_values(inputs, (args, kwargs)) else None
+        sample = Sample(inputs[0], inputs[1], outputs, after, _tree.nbytes((inputs, outputs)))
+        sig.min_shapes = [list(s) for s in sig_entry.min_shapes]
+        sig.max_shapes = [list(s) for s in sig_entry.max_shapes]
+        sig.observe(_tree.shapes_of(named))
+        job = _tuning.make_job(module, entry.name, sig, [sample], _first_device(sample), [backend], progress=False)
+        start = time.perf_counter()
+        can_load = sig_entry.artifact_dir is not None and (trust_native_code or not sig_entry.artifact_runs_code)
+        if sig_entry.artifact_dir is not None and not can_load:
+            logger.info("%s: rebuilding its %s engine instead of loading it: loading would run code from the "
+                        "checkpoint (pass trust_native_code=True for a checkpoint you trust)", entry.name,
+                        sig_entry.backend)
+        engine = None
+        if can_load:
+            assert sig_entry.artifact_dir is not None
+            try:
+                with Busy():
+                    engine = backend.load(unpacked / sig_entry.artifact_dir, module, sig, [sample], job.device)
+            except Exception as e:
+                # The file is intact (hashes matched): this environment cannot load it (other library versions).
+                logger.info("%s: the saved %s engine does not load here (%s: %s); rebuilding it", entry.name,
+                            sig_entry.backend, type(e).__name__, str(e)[:200])
+                can_load = False
+        if engine is None:
+            try:
+                with Busy():
+                    engine = backend.build(module, sig, [sample], job.device)
+            except Exception as e:
+                raise CheckpointError(f"{source}: module {entry.name!r}: the {sig_entry.backend} engine could not "
+                                      f"be rebuilt ({type(e).__name__}: {str(e)[:300]})", path=source) from e
+        with Busy():
+            result = check(job, backend, engine, build_s=time.perf_counter() - start, measure=False,
+                           what="loaded in" if can_load else "rebuilt in")
+    if not result.ok:
+        raise CheckpointError(f"{source}: module {entry.name!r}: the {sig_entry.backend} engine does not match "
+                              f"the model's eager outputs ({result.error}); refusing it", path=source)
+    if can_load:
+        sig.engine_range = ([list(s) for s in sig_entry.engine_min_shapes],
+                            [list(s) for s in sig_entry.engine_max_shapes])
+    else:
+        sig.freeze_engine_range([sample])
+    result.latency_ms = sig_entry.tuned_latency_ms
+    sig.reference = sample
+    rt.signatures[key] = sig
+    rt.install(sig, result, sig_entry.eager_latency_ms)
+
+
+class _inference:
+    def __init__(self, enabled: bool) -> None:
+        self._ctx = torch.inference_mode() if enabled else None
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def _first_device(sample: Sample) -> torch.device:
+    for t in _tree.tensors((sample.args, sample.kwargs)):
+        return t.device
+    return torch.device("cpu")
+
+
+def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a checkpoint's hashes and manifest without a model; returns a summary (raises CheckpointError)."""
+    source = Path(path).expanduser().absolute()
+    _verify_outer_hash(source)
+    with tempfile.TemporaryDirectory(prefix="aitune-verify-") as unpack_dir:
+        manifest = _read_archive(source, Path(unpack_dir))
+    return {"modules": [{"name": m.name, "class": m.module_class,
+                         "signatures": [s.backend for s in m.signatures]} for m in manifest.modules],
+            "libraries": manifest.libraries, "device_model": manifest.device_model}

@@ -1,0 +1,142 @@
+"""End-to-end: the persistent cache (`AITUNE_JIT_CACHE_DIR`) across real runs of an unchanged script.
+
+The second run of the same script reuses each module's engine instead of tuning it again, after checking it
+against eager; damaged entries, a writer killed mid-write and two processes writing at once never lead to a
+wrong answer or a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aitune.torch import cache
+from tests.e2e.harness import BOOTSTRAP, SCRIPTS, TIMEOUT_S, ScriptRun, assert_results_close, base_env
+
+PlainRun = Callable[[str], ScriptRun]
+HookedRun = Callable[..., ScriptRun]
+ORT = {"AITUNE_JIT_BACKENDS": "ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6"}
+
+
+def _signature(run: ScriptRun, name: str = "Net") -> dict[str, Any]:
+    entry = run.module(name)
+    assert entry["state"] == "tuned", f"{entry}\n{run.describe()}"
+    return entry["signatures"][0]  # type: ignore[no-any-return]
+
+
+def test_second_run_reuses_the_saved_engine(plain_run: PlainRun, hooked_run: HookedRun, tmp_path: Path) -> None:
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(tmp_path / "cache")}
+    first = hooked_run("cnn", **env).check()
+    assert _signature(first)["cache"] == "stored"
+    assert "ONNXRuntimeBackend: ok" in first.stderr and "built in" in first.stderr
+
+    second = hooked_run("cnn", **env).check()
+    assert_results_close(second, plain_run("cnn"))
+    sig = _signature(second)
+    assert sig["cache"] == "hit", second.describe()
+    assert second.module("Net")["backend"] == "ONNXRuntimeBackend"
+    # Nothing was built or timed: the engine was loaded, checked against eager on this run's samples, and used.
+    assert "built in" not in second.stderr and "loaded from the cache in" in second.stderr, second.stderr
+    assert "reusing the ONNXRuntimeBackend engine from the cache" in second.stderr
+    assert sig["engine_calls"] >= 1
+    entries = cache.entries(tmp_path / "cache", verify=True)
+    assert len(entries) == 1 and entries[0].valid and entries[0].backend == "ONNXRuntimeBackend"
+
+
+def test_damaged_entry_is_rebuilt_not_trusted(plain_run: PlainRun, hooked_run: HookedRun, tmp_path: Path) -> None:
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(tmp_path / "cache")}
+    hooked_run("cnn", **env).check()
+    [entry] = cache.entries(tmp_path / "cache")
+    onnx_file = next((entry.path / "engine").glob("*.onnx"))
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+
+    second = hooked_run("cnn", **env).check()
+    assert_results_close(second, plain_run("cnn"))
+    assert "not usable" in second.stderr and "does not match its recorded sha256" in second.stderr
+    assert _signature(second)["cache"] == "stored", "the damaged entry should have been replaced by a fresh one"
+    assert all(e.valid for e in cache.entries(tmp_path / "cache", verify=True))
+
+
+def test_writer_killed_mid_write_leaves_nothing_trusted(plain_run: PlainRun, hooked_run: HookedRun,
+                                                         tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(root)}
+    killed = hooked_run("killed_mid_write", **env)
+    assert killed.returncode == -9, killed.describe()
+    assert cache.entries(root) == [], "a killed writer must not publish an entry"
+    assert [p.name for p in (root / "tmp").iterdir()], "the killed writer's staging directory is expected"
+
+    after = hooked_run("cnn", **env).check()
+    assert_results_close(after, plain_run("cnn"))
+    assert _signature(after)["cache"] == "stored"
+    assert [e.valid for e in cache.entries(root, verify=True)] == [True]
+    assert list((root / "tmp").iterdir()) == [], "the dead writer's staging directory should be cleaned up"
+
+
+def _start(out_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    out_dir.mkdir(parents=True)
+    full = {**base_env(), "AUTOWRAPT_BOOTSTRAP": BOOTSTRAP, "AITUNE_JIT_REPORT": str(out_dir / "report.json"), **env}
+    return subprocess.Popen([sys.executable, str(SCRIPTS / "cnn.py"), str(out_dir / "cnn.pt")], env=full,
+                            cwd=out_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_tuning_at_once_leave_a_valid_cache(plain_run: PlainRun, hooked_run: HookedRun,
+                                                           tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(root)}
+    procs = [_start(tmp_path / f"racer{i}", env) for i in range(2)]
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-6000:]
+    caches = sorted(json.loads((tmp_path / f"racer{i}" / "report.json").read_text())["modules"][0]["signatures"][0]
+                    ["cache"] for i in range(2))
+    # Both tuned (neither found an entry when it looked), or the slower one reused the faster one's entry.
+    assert caches in (["stored", "stored by another process"], ["stored", "stored"], ["hit", "stored"]), caches
+    entries = cache.entries(root, verify=True)
+    assert len(entries) == 1 and entries[0].valid, entries
+    third = hooked_run("cnn", **env).check()
+    assert _signature(third)["cache"] == "hit"
+    assert_results_close(third, plain_run("cnn"))
+
+
+@pytest.mark.slow
+def test_inductor_second_run_uses_the_decision_and_torch_compile_caches(plain_run: PlainRun, hooked_run: HookedRun,
+                                                                        tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    env = {"AITUNE_JIT_BACKENDS": "TorchInductorJitBackend,ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6",
+           "AITUNE_JIT_CACHE_DIR": str(root)}
+    first = hooked_run("cnn", **env).check()
+    winner = first.module("Net")["backend"]
+    assert _signature(first)["cache"] == "stored"
+    assert any((root / "torch").rglob("*")), "Inductor's caches should be kept under the cache directory"
+
+    second = hooked_run("cnn", **env).check()
+    assert_results_close(second, plain_run("cnn"))
+    assert _signature(second)["cache"] == "hit" and second.module("Net")["backend"] == winner
+    # Only the winner was brought back: the other candidate was neither built nor timed.
+    loser = ({"TorchInductorJitBackend", "ONNXRuntimeBackend"} - {winner}).pop()
+    assert f"{loser}: ok" not in second.stderr, second.stderr
+    assert [c["backend"] for c in second.module("Net")["candidates"]] == [winner]
+
+
+def test_cached_engine_that_no_longer_matches_eager_is_retuned(hooked_run: HookedRun, tmp_path: Path) -> None:
+    """Behaviour outside the key (here an env var the forward reads) changed: the check catches it."""
+    root = tmp_path / "cache"
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(root), "SCALE": "1.0"}
+    first = hooked_run("scaled", **env).check()
+    assert _signature(first, "Scaled")["cache"] == "stored"
+    second = hooked_run("scaled", **{**env, "SCALE": "3.0"}).check()
+    assert "does not match eager here" in second.stderr, second.stderr
+    assert _signature(second, "Scaled")["cache"] == "stored"
+    results = second.results
+    assert results is not None
+    torch_close = __import__("torch").testing.assert_close
+    torch_close(results["out"], results["expected"])
