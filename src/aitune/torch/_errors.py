@@ -43,3 +43,13 @@ class TuningError(AITuneError):
         self.module_name = module_name
         self.backend = backend
         self.detail = detail
+
+
+class UsageError(AITuneError, ValueError):
+    """An argument of the explicit API (`ait.tune`, `ait.wrap`, `ait.inspect`) cannot be used; the message says
+    what to pass instead. `obj` is the offending argument; `available` lists what exists, where that helps."""
+
+    def __init__(self, message: str, *, obj: Any = None, available: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.obj = obj
+        self.available = available
