@@ -75,6 +75,14 @@ aoti_load_package(sys.argv[1], device_index=int(sys.argv[2]))
 """
 
 
+def _environment() -> str:
+    """Libraries and device model: where a package known to load safely may skip the test load."""
+    from aitune.torch import _fingerprint
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return json.dumps([_fingerprint.library_versions(), _fingerprint.device_model(device)], sort_keys=True)
+
+
 def _load_safely(package: Path, device: torch.device) -> Any:
     """`aoti_load_package`, after proving once per process and device type that it does not crash a process."""
     if device.type not in _CHILD_LOADED:
@@ -163,7 +171,12 @@ class _AotEngine(Engine):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         shutil.copyfile(self.package, directory / _PACKAGE_FILE)
-        (directory / _META_FILE).write_text(json.dumps(self.meta, indent=1))
+        meta = dict(self.meta)
+        if meta.get("device_type") in _CHILD_LOADED:
+            # This environment loaded a package of this device type without crashing: a later process with the
+            # same libraries and device (a cache hit) can skip the test load in a child process.
+            meta["loaded_safely_in"] = _environment()
+        (directory / _META_FILE).write_text(json.dumps(meta, indent=1))
 
     def release(self) -> None:
         self._model = None
@@ -293,6 +306,8 @@ class TorchInductorAotBackend(Backend):
         if problem is not None:
             raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
                               f"to rebuild", backend=self.name)
+        if meta.get("loaded_safely_in") == _environment():
+            _CHILD_LOADED.add(device.type)
         return _AotEngine(_load_safely(package, device), layout, meta, package, None)
 
     def _check_dynamic(self, layout: FlatIO, dynamic: list[list[int]], lows: list[list[int]],
