@@ -65,7 +65,10 @@ class Module(_Proxy):
         self._self_runtime = ModuleRuntime(module, name or type(module).__name__, strategy, strategies)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_runtime(args, kwargs)
+        rt = self._self_runtime
+        if rt.state == "passthrough":
+            return rt.eager(args, kwargs)
+        return rt(args, kwargs)
 
     # -- state of the explicit API ----------------------------------------------------------------------------
 
