@@ -15,6 +15,7 @@ import torch  # noqa: F401  # isort: skip
 
 from aitune.torch import backend, tune_strategy
 from aitune.torch._api import tune
+from aitune.torch._checkpoint import CheckpointError, load, save
 from aitune.torch._errors import (
     AITuneError,
     BackendUnavailableError,
@@ -39,6 +40,7 @@ strategies = tune_strategy
 __all__ = [
     "AITuneError",
     "BackendUnavailableError",
+    "CheckpointError",
     "ConfigError",
     "DuplicateBackendError",
     "FirstWinsStrategy",
@@ -52,6 +54,8 @@ __all__ = [
     "UsageError",
     "backend",
     "inspect",
+    "load",
+    "save",
     "strategies",
     "tune",
     "tune_strategy",

@@ -50,7 +50,7 @@ from aitune.torch.tune_strategy._base import check
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "aitune-checkpoint"
+FORMAT: Literal["aitune-checkpoint"] = "aitune-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -234,10 +234,10 @@ def _storable(sample: Sample) -> bool:
 
 
 def _module_device(module: torch.nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -246,6 +246,9 @@ def _module_device(module: torch.nn.Module) -> torch.device:
 def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_code: bool = False) -> Any:
     """Load the engines saved by `save` into the `ait.Module` wrappers of `model_or_pipeline` (same names, same
     structure and weights), check each against the model's eager outputs, and return `model_or_pipeline`.
+
+    A bare nn.Module (no wrapper inside) and a checkpoint of one module: the model is wrapped, and the wrapper
+    returned, so `model = ait.load(model, "x.ait")` works without `ait.Module` first.
 
     `trust_native_code=True` loads engines whose artifact is code (AOTInductor packages, Torch-TensorRT
     programs) instead of rebuilding them: only for checkpoints from a trusted source.
@@ -256,6 +259,12 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
     with tempfile.TemporaryDirectory(prefix="aitune-load-") as unpack_dir:
         unpacked = Path(unpack_dir)
         manifest = _read_archive(source, unpacked)
+        if not wrappers and isinstance(model_or_pipeline, torch.nn.Module) and len(manifest.modules) == 1:
+            # `model = ait.load(MyModel(), "x.ait")`: a bare model for a one-module checkpoint is wrapped here.
+            from aitune.torch._module import Module, runtime_of
+
+            model_or_pipeline = Module(model_or_pipeline, manifest.modules[0].name)
+            wrappers = {manifest.modules[0].name: runtime_of(model_or_pipeline)}
         for entry in manifest.modules:
             rt = wrappers.get(entry.name)
             if rt is None:
@@ -342,9 +351,9 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
             out.write_bytes(blob)
     for entry in manifest.modules:
         for sig in entry.signatures:
-            for rel in (sig.inputs_file, sig.artifact_dir):
-                if rel is not None and not _safe_member(rel):
-                    raise CheckpointError(f"{source}: refusing path {rel!r}", path=source)
+            for path in (sig.inputs_file, sig.artifact_dir):
+                if path is not None and not _safe_member(path):
+                    raise CheckpointError(f"{source}: refusing path {path!r}", path=source)
     return manifest
 
 
@@ -379,8 +388,8 @@ def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, A
 
 def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry: _SignatureEntry, rt: Any,
                     trust_native_code: bool) -> None:
+    from aitune.torch._explicit import Quiet as Busy
     from aitune.torch.backend import create_backend
-    from aitune.torch.jit._runtime import Busy
 
     module = rt.module
     args, kwargs = _load_inputs(source, unpacked / sig_entry.inputs_file)
@@ -440,7 +449,9 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
     if not result.ok:
         raise CheckpointError(f"{source}: module {entry.name!r}: the {sig_entry.backend} engine does not match "
                               f"the model's eager outputs ({result.error}); refusing it", path=source)
-    if can_load:
+    if can_load or backend.kind == "jit":
+        # A loaded engine, or a torch.compile one (it recompiles for other sizes), covers the range it was
+        # checked on when it was tuned; an AOT engine rebuilt from the one stored call covers that call's shapes.
         sig.engine_range = ([list(s) for s in sig_entry.engine_min_shapes],
                             [list(s) for s in sig_entry.engine_max_shapes])
     else:

@@ -74,7 +74,7 @@ def _sha256_of_bytes(t: torch.Tensor) -> bytes:
 
 
 def _named_weights(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    out = [(f"p:{n}", p) for n, p in module.named_parameters(remove_duplicate=False)]
+    out: list[tuple[str, torch.Tensor]] = [(f"p:{n}", p) for n, p in module.named_parameters(remove_duplicate=False)]
     out += [(f"b:{n}", b) for n, b in module.named_buffers(remove_duplicate=False) if b is not None]
     return out
 
