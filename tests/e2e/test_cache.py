@@ -45,6 +45,8 @@ def test_second_run_reuses_the_saved_engine(plain_run: PlainRun, hooked_run: Hoo
     assert "built in" not in second.stderr and "loaded from the cache in" in second.stderr, second.stderr
     assert "reusing the ONNXRuntimeBackend engine from the cache" in second.stderr
     assert sig["engine_calls"] >= 1
+    assert second.module("Net")["cache"] == "hit"
+    assert "(cache hit)" in second.stderr.split("aitune summary")[-1], "the exit summary should say it"
     entries = cache.entries(tmp_path / "cache", verify=True)
     assert len(entries) == 1 and entries[0].valid and entries[0].backend == "ONNXRuntimeBackend"
 

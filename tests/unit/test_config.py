@@ -119,6 +119,9 @@ def test_import_is_light() -> None:
     ("AITUNE_JIT_EXCLUDE_PACKAGES", "", "exclude_packages", []),
     ("AITUNE_JIT_SUMMARY", "false", "summary", False),
     ("AITUNE_JIT_PROGRESS", "0", "progress", False),
+    ("AITUNE_JIT_CACHE_DIR", "/tmp/aitune-cache", "cache_dir", Path("/tmp/aitune-cache")),
+    ("AITUNE_JIT_CACHE_DIR", "", "cache_dir", None),
+    ("AITUNE_JIT_CACHE_MAX_BYTES", "2GiB", "cache_max_bytes", 2 << 30),
     ("AITUNE_JIT_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("AITUNE_JIT_LOG_LEVEL", "off", "log_level", "OFF"),
     ("aitune_jit_min_samples", "4", "min_samples", 4),  # names match case-insensitively
@@ -631,3 +634,9 @@ def test_bad_byte_size_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AITUNE_MAX_SAMPLES_BYTES", "lots")
     text = str(_load_error())
     assert "max_samples_bytes" in text and "512MiB" in text
+
+
+def test_bad_cache_size_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AITUNE_JIT_CACHE_MAX_BYTES", "lots")
+    text = str(_load_error())
+    assert "cache_max_bytes" in text and "AITUNE_JIT_CACHE_MAX_BYTES" in text and "20GiB" in text

@@ -63,6 +63,7 @@ def _module_entry(st: ModuleState) -> dict[str, Any]:
         "depth": st.depth,
         "parent": st.parent.name if st.parent is not None else None,
         "tuning_seconds": round(st.tune_seconds, 3),
+        "cache": main.cache if main is not None else None,
         "signatures": [s.to_report() for s in sigs],
         "candidates": list(main.candidates) if main is not None else [],
     }
@@ -115,12 +116,13 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     if not modules:
         lines.append("  no module was recorded (were any modules called in eval mode?)")
         return "\n".join(lines)
-    header = ("module", "state", "backend", "calls", "eager ms", "tuned ms", "speedup")
+    header = ("module", "state", "backend", "calls", "eager ms", "tuned ms", "speedup", "tuning s")
     rows = [header]
     for m in modules:
         speed = f"{m['speedup']:.2f}x" if m.get("speedup") else "-"
-        rows.append((m["name"], m["state"], m.get("backend_description") or m["backend"] or "-", str(m["calls"]), _fmt_ms(m["eager_latency_ms"]),
-                     _fmt_ms(m["tuned_latency_ms"]), speed))
+        tuning = f"{m['tuning_seconds']:.1f}" + (" (cache hit)" if m.get("cache") == "hit" else "")
+        rows.append((m["name"], m["state"], m.get("backend_description") or m["backend"] or "-", str(m["calls"]),
+                     _fmt_ms(m["eager_latency_ms"]), _fmt_ms(m["tuned_latency_ms"]), speed, tuning))
     widths = [min(max(len(r[i]) for r in rows), 56) for i in range(len(header))]
     for r in rows:
         cells = [c[: widths[i]].ljust(widths[i]) if i < 3 else c.rjust(widths[i]) for i, c in enumerate(r)]
