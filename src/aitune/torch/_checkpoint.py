@@ -14,6 +14,9 @@ mismatched checkpoint with a CheckpointError naming the file. Nothing in the fil
 JSON validated field by field, backends are looked up by registered name only, inputs are read with
 `torch.load(weights_only=True)`, and engines whose loading would run code from the file (AOTInductor's compiled
 library, Torch-TensorRT's pickled program) are rebuilt from the recorded inputs unless `trust_native_code=True`.
+Backend settings holding free-form options (Inductor config options, execution-provider options) can name a
+compiler or a library to run: they are refused unless `trust_native_code=True`.
+Loading is all or nothing: every module is checked and every engine loaded before any is installed.
 
 Every engine, loaded or rebuilt, is checked against the model's own eager outputs on the recorded inputs before
 it serves a call. Engines of JIT backends (torch.compile) are always rebuilt.
@@ -25,14 +28,17 @@ the recorded call's shapes only; other shapes run eagerly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
+import weakref
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -144,6 +150,9 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
     with tempfile.TemporaryDirectory(prefix="aitune-save-") as staging_dir:
         staging = Path(staging_dir)
         modules = [_stage_module(i, name, rt, staging) for i, (name, rt) in enumerate(wrappers)]
+        if not any(m.signatures for m in modules):
+            raise CheckpointError(f"{target}: nothing to save: {', '.join(names)} has no tuned signature; run "
+                                  "ait.tune first", path=target)
         files = {str(p.relative_to(staging).as_posix()): _sha256(p) for p in sorted(_walk(staging))}
         device = next((s.inputs[0]["device"] for m in modules for s in m.signatures if s.inputs), "cpu")
         manifest = _Manifest(format=FORMAT, version=VERSION, created=time.time(),
@@ -265,6 +274,7 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
 
             model_or_pipeline = Module(model_or_pipeline, manifest.modules[0].name)
             wrappers = {manifest.modules[0].name: runtime_of(model_or_pipeline)}
+        # All or nothing: every module is checked, and every engine loaded, before any is installed.
         for entry in manifest.modules:
             rt = wrappers.get(entry.name)
             if rt is None:
@@ -272,8 +282,18 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
                 raise CheckpointError(f"{source}: holds module {entry.name!r}, but the model has no ait.Module of "
                                       f"that name (it has: {have})", path=source)
             _check_module(source, entry, rt.module)
-            for sig_entry in entry.signatures:
-                _load_signature(source, unpacked, entry, sig_entry, rt, trust_native_code)
+        loaded: list[_Loaded] = []
+        try:
+            for entry in manifest.modules:
+                for sig_entry in entry.signatures:
+                    loaded.append(_load_signature(source, unpacked, entry, sig_entry, wrappers[entry.name],
+                                                  trust_native_code))
+        except BaseException:
+            for done in loaded:
+                done.release()
+            raise
+        for done in loaded:
+            done.install()
     logger.info("loaded %s: %d module(s)", source, len(manifest.modules))
     return model_or_pipeline
 
@@ -387,7 +407,8 @@ def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, A
 
 
 def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry: _SignatureEntry, rt: Any,
-                    trust_native_code: bool) -> None:
+                    trust_native_code: bool) -> _Loaded:
+    """Load (or rebuild) and check one signature's engine, ready to install."""
     from aitune.torch._explicit import Quiet as Busy
     from aitune.torch.backend import create_backend
 
@@ -400,6 +421,12 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
     except Exception as e:
         raise CheckpointError(f"{source}: module {entry.name!r}: settings of {sig_entry.backend_name} are invalid "
                               f"({e})", path=source) from None
+    free_form = _free_form(backend.config)
+    if free_form and not trust_native_code:
+        # Inductor config options, execution-provider options...: they can name a compiler or a library to run.
+        raise CheckpointError(f"{source}: module {entry.name!r}: the {sig_entry.backend_name} settings "
+                              f"{', '.join(free_form)} hold free-form options, which can name programs or libraries "
+                              "to run; pass trust_native_code=True for a checkpoint you trust", path=source)
     missing = backend.unavailable_reason()
     if missing is not None:
         raise CheckpointError(f"{source}: module {entry.name!r} needs {sig_entry.backend}: {missing}", path=source)
@@ -428,10 +455,16 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
         engine = None
         if can_load:
             assert sig_entry.artifact_dir is not None
+            # The engine may read its files again (to be saved, say): they are copied out of the unpack
+            # directory, which goes at the end of load, into one that lives as long as the engine.
+            kept = Path(tempfile.mkdtemp(prefix="aitune-engine-"))
             try:
+                shutil.copytree(unpacked / sig_entry.artifact_dir, kept, dirs_exist_ok=True)
                 with Busy():
-                    engine = backend.load(unpacked / sig_entry.artifact_dir, module, sig, [sample], job.device)
+                    engine = backend.load(kept, module, sig, [sample], job.device)
+                weakref.finalize(engine, shutil.rmtree, kept, True)
             except Exception as e:
+                shutil.rmtree(kept, ignore_errors=True)
                 # The file is intact (hashes matched): this environment cannot load it (other library versions).
                 logger.info("%s: the saved %s engine does not load here (%s: %s); rebuilding it", entry.name,
                             sig_entry.backend, type(e).__name__, str(e)[:200])
@@ -458,8 +491,40 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
         sig.freeze_engine_range([sample])
     result.latency_ms = sig_entry.tuned_latency_ms
     sig.reference = sample
-    rt.signatures[key] = sig
-    rt.install(sig, result, sig_entry.eager_latency_ms)
+    return _Loaded(rt, sig, result, sig_entry.eager_latency_ms)
+
+
+@dataclasses.dataclass
+class _Loaded:
+    """A checked engine waiting for the rest of the checkpoint to load."""
+
+    rt: Any
+    sig: SignatureRecord
+    result: Any
+    eager_latency_ms: float | None
+
+    def install(self) -> None:
+        self.rt.signatures[self.sig.key] = self.sig
+        self.rt.install(self.sig, self.result, self.eager_latency_ms)
+
+    def release(self) -> None:
+        try:
+            if self.result.engine is not None:
+                self.result.engine.release()
+        except Exception:
+            logger.debug("releasing an engine failed", exc_info=True)
+
+
+def _free_form(value: Any, where: str = "") -> list[str]:
+    """The settings (dotted names) holding a non-empty plain mapping: options passed through unvalidated."""
+    if isinstance(value, BaseModel):
+        return [name for field in type(value).model_fields
+                for name in _free_form(getattr(value, field), f"{where}.{field}" if where else field)]
+    if isinstance(value, dict):
+        return [where] if value else []
+    if isinstance(value, (list, tuple)):
+        return list(dict.fromkeys(name for item in value for name in _free_form(item, where)))
+    return []
 
 
 class _inference:
