@@ -14,12 +14,15 @@ import ctypes
 import hashlib
 import threading
 import types
+import weakref
 from typing import Any
 
 import torch
 
-#: (storage pointer, offset, version, shape, stride, dtype, device) -> digest of that tensor's bytes.
-_TENSOR_DIGESTS: dict[tuple[Any, ...], bytes] = {}
+#: id(tensor) -> (a weak reference to it, its storage pointer, offset, version, shape, stride, dtype and device,
+#: the digest of its bytes). An entry counts only while its reference still points at the same tensor: a key of
+#: addresses alone would hand a freed tensor's digest to a new one allocated at the same place.
+_TENSOR_DIGESTS: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], bytes]] = {}
 _MAX_REMEMBERED = 100_000
 _lock = threading.Lock()
 
@@ -49,18 +52,21 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def tensor_digest(t: torch.Tensor) -> bytes:
+    """sha256 of the tensor's bytes, computed once per tensor and version (in-place writes bump the version)."""
+    owner = t
     t = t.detach()
-    key = (t.untyped_storage().data_ptr() if t.numel() else 0, t.storage_offset(), t._version, tuple(t.shape),
-           t.stride(), t.dtype, str(t.device))
+    state = (t.untyped_storage().data_ptr() if t.numel() else 0, t.storage_offset(), t._version, tuple(t.shape),
+             t.stride(), t.dtype, str(t.device))
     with _lock:
-        found = _TENSOR_DIGESTS.get(key)
-    if found is not None:
-        return found
+        found = _TENSOR_DIGESTS.get(id(owner))
+    if found is not None and found[0]() is owner and found[1] == state:
+        return found[2]
     digest = _sha256_of_bytes(t)
     with _lock:
-        if len(_TENSOR_DIGESTS) > _MAX_REMEMBERED:
-            _TENSOR_DIGESTS.clear()
-        _TENSOR_DIGESTS[key] = digest
+        if len(_TENSOR_DIGESTS) >= _MAX_REMEMBERED:
+            for key in [k for k, v in _TENSOR_DIGESTS.items() if v[0]() is None]:
+                del _TENSOR_DIGESTS[key]
+        _TENSOR_DIGESTS[id(owner)] = (weakref.ref(owner), state, digest)
     return digest
 
 
