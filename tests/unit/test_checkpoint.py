@@ -29,7 +29,6 @@ import pytest
 import torch
 
 import aitune.torch as ait
-from aitune.torch import _fingerprint
 from aitune.torch._checkpoint import MANIFEST, sums_path
 from aitune.torch._module import ModuleRuntime, runtime_of
 from aitune.torch._settings_sources import reset_settings
