@@ -236,3 +236,27 @@ def test_weights_digest_costs_one_pass_per_tensor_version() -> None:
     for _ in range(100):
         assert _fingerprint.weights_digest(net) == first
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("strategy", ["one_backend", "fastest"])
+def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) -> None:
+    """Through `_tuning.run`, as JIT mode and ait.tune call it: the second lookup reuses the decision, whether the
+    strategy brings its own backend object or tries the job's."""
+    from aitune.torch.config import config as global_config
+    from aitune.torch.tune_strategy import OneBackendStrategy
+
+    global_config.min_speedup = 1e-6
+    net = _Net().eval()
+    x = torch.randn(2, 4)
+    store = EngineStore(tmp_path, 1 << 30)
+    outcomes = []
+    for _ in range(2):
+        sig, samples = record(net, [((x,), {})] * 3)
+        chosen = (OneBackendStrategy(ONNXRuntimeBackend()) if strategy == "one_backend"
+                  else HighestThroughputStrategy())
+        job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
+        outcomes.append(_tuning.run(job, chosen, store))
+    assert [o.cache for o in outcomes] == ["stored", "hit"]
+    reused = outcomes[1].winner
+    assert reused is not None and reused.ok and reused.engine is not None
+    torch.testing.assert_close(reused.engine(x), net(x))

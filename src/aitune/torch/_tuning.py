@@ -61,12 +61,12 @@ def _run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> Tun
         return strategy.tune(job)
     hit = _lookup(store, key, job.name)
     if hit is not None:
-        reused = _reuse(job, hit)
+        reused = _reuse(job, hit, _tried(job, strategy))
         if reused is not None:
             return reused
         _forget(store, key)
     outcome = strategy.tune(job)
-    _store(store, key, fields, job, outcome)
+    _store(store, key, fields, job, outcome, _tried(job, strategy))
     return outcome
 
 
@@ -81,7 +81,8 @@ def key_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
         "signature": repr(sig.key),
         "inputs": [{**d, "min": list(lo), "max": list(hi)}
                    for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes)],
-        "backends": [{"name": b.name, "kind": b.kind, "settings": b.engine_settings()} for b in job.backends],
+        "backends": [{"name": b.name, "kind": b.kind, "settings": b.engine_settings()}
+                     for b in _tried(job, strategy)],
         "strategy": f"{type(strategy).__module__}.{type(strategy).__qualname__}",
         "tolerances": {k: list(v) for k, v in sorted(job.tolerances.items())},
         "min_speedup": job.min_speedup,
@@ -89,6 +90,12 @@ def key_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
         "device": _fingerprint.device_model(job.device),
         "device_name": str(job.device),
     }
+
+
+def _tried(job: TuneJob, strategy: TuneStrategy) -> list[Backend]:
+    """The backends the strategy will try: its own when it names them (OneBackendStrategy), else the job's."""
+    own = getattr(strategy, "backends", None)
+    return list(own) if own is not None else list(job.backends)
 
 
 def digest(fields: dict[str, Any]) -> str:
@@ -111,7 +118,7 @@ def _forget(store: EngineStore, key: str) -> None:
         logger.debug("removing cache entry %s failed", key, exc_info=True)
 
 
-def _reuse(job: TuneJob, hit: Hit) -> TuneOutcome | None:
+def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome | None:
     """The cached decision, once its engine matched eager on this process's samples; None to tune again."""
     record = hit.record
     eager_ms = record.get("eager_latency_ms")
@@ -120,11 +127,12 @@ def _reuse(job: TuneJob, hit: Hit) -> TuneOutcome | None:
         logger.info("%s: stays eager, as decided in an earlier run (cache %s)", job.name, hit.key[:12])
         return TuneOutcome(None, [], eager_ms, reason, cache="hit")
     index = record.get("backend_index")
-    if not isinstance(index, int) or not 0 <= index < len(job.backends):
+    if not isinstance(index, int) or not 0 <= index < len(backends) or \
+            backends[index].describe() != record.get("backend"):
+        logger.info("%s: the cache entry %s names a backend that is not among the candidates; tuning again",
+                    job.name, hit.key[:12])
         return None
-    backend = job.backends[index]
-    if backend.describe() != record.get("backend"):
-        return None
+    backend = backends[index]
     start = time.perf_counter()
     engine_dir = hit.engine_dir
     try:
@@ -152,7 +160,8 @@ def _reuse(job: TuneJob, hit: Hit) -> TuneOutcome | None:
     return TuneOutcome(result, [result], eager_ms, cache="hit")
 
 
-def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome) -> None:
+def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome,
+           backends: Sequence[Backend]) -> None:
     if not outcome.candidates:
         return  # nothing was tried (no backend): nothing worth remembering
     winner = outcome.winner
@@ -166,7 +175,7 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
     if winner is not None:
         backend = winner.backend_obj
         record.update(backend=winner.backend, backend_name=backend.name if backend is not None else None,
-                      backend_index=_index_of(job.backends, backend), tuned_latency_ms=winner.latency_ms,
+                      backend_index=_index_of(backends, backend), tuned_latency_ms=winner.latency_ms,
                       kind=backend.kind if backend is not None else None)
         engine = winner.engine
         if backend is not None and backend.kind == "aot" and engine is not None:
