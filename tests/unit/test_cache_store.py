@@ -260,3 +260,18 @@ def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) ->
     reused = outcomes[1].winner
     assert reused is not None and reused.ok and reused.engine is not None
     torch.testing.assert_close(reused.engine(x), net(x))
+
+
+def test_torch_compile_caches_go_under_the_cache_dir_unless_the_user_chose(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from aitune.torch.jit._cache import use_torch_compile_caches
+
+    # torch itself may have written its default into the variable already: that is not a user's choice.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert use_torch_compile_caches(tmp_path / "a") == tmp_path / "a" / "torch"
+    assert cache_dir() == str(tmp_path / "a" / "torch")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_torch_compile_caches(tmp_path / "b") is None
+    assert cache_dir() == str(tmp_path / "mine")

@@ -59,10 +59,8 @@ def _fast_settings() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _forget_weight_digests() -> Iterator[None]:
-    """Fast settings, and no remembered weight digests: the memo is keyed by storage address and version, so a
-    module built where an earlier test's module lay gets that module's digest (see
-    test_weights_check_survives_a_reused_tensor_address). Module-scoped fixtures call _fast_settings too."""
+def _fast() -> Iterator[None]:
+    """Fast settings for every test (module-scoped fixtures call _fast_settings too)."""
     _fast_settings()
     yield
 

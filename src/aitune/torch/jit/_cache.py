@@ -28,13 +28,24 @@ def store_from_config() -> EngineStore | None:
     return store
 
 
+def _is_torch_default(path: str) -> bool:
+    """torch writes its default into TORCHINDUCTOR_CACHE_DIR the first time it resolves it (some builds do so
+    while torch itself imports), so a value equal to that default was not chosen by the user."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return False
+    return os.path.abspath(path) == os.path.abspath(default_cache_dir())
+
+
 def use_torch_compile_caches(root: Path) -> Path | None:
     """Point TorchInductor's on-disk caches (FX graph, AOTAutograd, Triton kernels) under `root/torch`, unless the
     user already chose a place with TORCHINDUCTOR_CACHE_DIR. Returns the directory in use, or None if unchanged.
 
     Must run before the first compile: Inductor reads the variable whenever it resolves its cache directory.
     """
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and not _is_torch_default(current):
         logger.debug("TORCHINDUCTOR_CACHE_DIR is set by the user; leaving it")
         return None
     torch_dir = Path(root) / "torch"
