@@ -29,100 +29,40 @@ the recorded call's shapes only; other shapes run eagerly.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 import weakref
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel
 
-import aitune
 from aitune.torch import _fingerprint, _tree, _tuning
 from aitune.torch._checking import same_values
-from aitune.torch._errors import AITuneError, UnknownBackendError
+from aitune.torch._checkpoint_format import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    CheckpointError,
+    _Manifest,
+    _ModuleEntry,
+    _SignatureEntry,
+    _read_archive,
+    _sha256,
+    _verify_outer_hash,
+    sums_path,
+)
+from aitune.torch._errors import UnknownBackendError
 from aitune.torch._samples import Sample, SignatureRecord, signature_key
 from aitune.torch.tune_strategy._base import check
 
 logger = logging.getLogger(__name__)
-
-FORMAT: Literal["aitune-checkpoint"] = "aitune-checkpoint"
-VERSION = 1
-MANIFEST = "manifest.json"
-_SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-
-
-class CheckpointError(AITuneError):
-    """A checkpoint cannot be saved or loaded; `path` names the file."""
-
-    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _SignatureEntry(_Strict):
-    grad_enabled: bool
-    inference_mode: bool
-    inputs_file: str
-    inputs: list[dict[str, str]]
-    min_shapes: list[list[int]]
-    max_shapes: list[list[int]]
-    engine_min_shapes: list[list[int]]
-    engine_max_shapes: list[list[int]]
-    backend_name: str
-    backend: str
-    kind: Literal["jit", "aot"]
-    settings: dict[str, Any]
-    artifact_dir: str | None
-    artifact_runs_code: bool
-    eager_latency_ms: float | None
-    tuned_latency_ms: float | None
-
-
-class _ModuleEntry(_Strict):
-    name: str
-    module_class: str
-    structure: str
-    weights: str
-    device: str
-    signatures: list[_SignatureEntry]
-
-
-class _Manifest(_Strict):
-    format: Literal["aitune-checkpoint"]
-    version: int
-    created: float
-    libraries: dict[str, str]
-    device_model: str
-    modules: list[_ModuleEntry]
-    files: dict[str, str]
-
-
-def sums_path(path: Path) -> Path:
-    """`x.ait` -> `x_sha256_sums.txt` beside it."""
-    return path.with_name(f"{path.stem}_sha256_sums.txt")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _wrappers(obj: Any) -> list[tuple[str, Any]]:
     """(name, runtime) of every ait.Module reachable from a model or pipeline, in a stable order."""
@@ -295,85 +235,6 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
             done.install()
     logger.info("loaded %s: %d module(s)", source, len(manifest.modules))
     return model_or_pipeline
-
-
-def _verify_outer_hash(source: Path) -> None:
-    if not source.is_file():
-        raise CheckpointError(f"{source}: no such checkpoint file", path=source)
-    sums = sums_path(source)
-    if not sums.is_file():
-        raise CheckpointError(f"{sums}: missing; it holds the sha256 of {source.name} and is written beside it by "
-                              "ait.save. Copy it along with the checkpoint.", path=sums)
-    expected = None
-    for line in sums.read_text(encoding="utf-8", errors="replace").splitlines():
-        m = _SUMS_LINE.match(line.strip())
-        if m and m.group(2).strip() == source.name:
-            expected = m.group(1)
-    if expected is None:
-        raise CheckpointError(f"{sums}: has no sha256 line for {source.name}", path=sums)
-    actual = _sha256(source)
-    if actual != expected:
-        raise CheckpointError(f"{source}: sha256 {actual[:16]}... does not match {expected[:16]}... recorded in "
-                              f"{sums.name}; the file was modified, truncated or replaced. Refusing to load it.",
-                              path=source)
-
-
-def _safe_member(name: str) -> bool:
-    p = PurePosixPath(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and ":" not in name
-
-
-def _read_archive(source: Path, unpacked: Path) -> _Manifest:
-    try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{source}: not a readable checkpoint archive ({e})", path=source) from None
-    with zf:
-        try:
-            raw = zf.read(MANIFEST)
-        except KeyError:
-            raise CheckpointError(f"{source}: no {MANIFEST} inside; not an aitune checkpoint", path=source) from None
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{source}: {MANIFEST} is unreadable ({e})", path=source) from None
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            raise CheckpointError(f"{source}: {MANIFEST} is not valid JSON ({e})", path=source) from None
-        if isinstance(data, dict) and isinstance(data.get("version"), int) and data["version"] > VERSION:
-            raise CheckpointError(f"{source}: checkpoint format version {data['version']} is newer than this "
-                                  f"aitune ({aitune.__version__}) reads ({VERSION}); upgrade aitune", path=source)
-        try:
-            manifest = _Manifest.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first.get("loc", ()))
-            raise CheckpointError(f"{source}: {MANIFEST} is malformed at {where or 'top level'}: {first.get('msg')}",
-                                  path=source) from None
-        members = set(zf.namelist()) - {MANIFEST}
-        listed = set(manifest.files)
-        if members - listed:
-            raise CheckpointError(f"{source}: holds files its manifest does not list: "
-                                  f"{', '.join(sorted(members - listed)[:5])}", path=source)
-        for rel, digest in manifest.files.items():
-            if not _safe_member(rel):
-                raise CheckpointError(f"{source}: refusing member path {rel!r}", path=source)
-            try:
-                blob = zf.read(rel)
-            except KeyError:
-                raise CheckpointError(f"{source}: {rel} is listed but missing", path=source) from None
-            except (zipfile.BadZipFile, OSError) as e:
-                raise CheckpointError(f"{source}: {rel} is unreadable ({e})", path=source) from None
-            if hashlib.sha256(blob).hexdigest() != digest:
-                raise CheckpointError(f"{source}: {rel} does not match its sha256 in {MANIFEST}", path=source)
-            out = unpacked / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(blob)
-    for entry in manifest.modules:
-        for sig in entry.signatures:
-            for path in (sig.inputs_file, sig.artifact_dir):
-                if path is not None and not _safe_member(path):
-                    raise CheckpointError(f"{source}: refusing path {path!r}", path=source)
-    return manifest
 
 
 def _check_module(source: Path, entry: _ModuleEntry, module: torch.nn.Module) -> None:
