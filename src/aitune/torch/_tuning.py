@@ -7,11 +7,12 @@ samples; a cached "stays eager" is reused as is. Otherwise the strategy tunes, a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -141,7 +142,8 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome |
             engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device)
         else:
             how = "rebuilt (cached decision) in"
-            engine = backend.build(job.module, job.signature, job.samples, job.device)
+            with _in_process_compile():
+                engine = backend.build(job.module, job.signature, job.samples, job.device)
     except Exception as e:
         logger.info("%s: the cached %s engine could not be %s (%s: %s); tuning again", job.name, backend.describe(),
                     "loaded" if engine_dir is not None else "rebuilt", type(e).__name__, str(e)[:300])
@@ -158,6 +160,18 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome |
     logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)", job.name,
                 backend.describe(), hit.key[:12], len(job.samples))
     return TuneOutcome(result, [result], eager_ms, cache="hit")
+
+
+@contextlib.contextmanager
+def _in_process_compile() -> Iterator[None]:
+    """No pool of compile workers for a rebuild from the cache: with Inductor's caches warm nothing is compiled,
+    yet the pool would still start a dozen subprocesses that import torch, slowing the process's own calls for
+    seconds and its exit, which waits for them. A cache miss compiles in-process (compile_threads is not part
+    of Inductor's cache key)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(compile_threads=1):
+        yield
 
 
 def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome,
