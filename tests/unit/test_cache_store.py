@@ -275,3 +275,24 @@ def test_torch_compile_caches_go_under_the_cache_dir_unless_the_user_chose(tmp_p
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert use_torch_compile_caches(tmp_path / "b") is None
     assert cache_dir() == str(tmp_path / "mine")
+
+
+def test_a_library_version_change_is_a_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an upgrade of torch (or any backend library) the stored decision is not found: it is tuned again."""
+    from aitune.torch.config import config as global_config
+
+    global_config.min_speedup = 1e-6
+    net = _Net().eval()
+    store = EngineStore(tmp_path, 1 << 30)
+
+    def tune_once() -> str | None:
+        sig, samples = record(net, [((torch.randn(2, 4),), {})] * 3)
+        job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), [TorchEagerBackend()])
+        return _tuning.run(job, HighestThroughputStrategy(), store).cache
+
+    assert tune_once() == "stored"
+    assert tune_once() == "hit"
+    upgraded = {**_fingerprint.library_versions(), "torch": "99.0.0"}
+    monkeypatch.setattr(_fingerprint, "library_versions", lambda: upgraded)
+    assert tune_once() == "stored"
+    assert len(store.entries()) == 2
