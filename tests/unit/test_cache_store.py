@@ -296,3 +296,23 @@ def test_a_library_version_change_is_a_miss(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(_fingerprint, "library_versions", lambda: upgraded)
     assert tune_once() == "stored"
     assert len(store.entries()) == 2
+
+
+def test_explicit_tune_uses_the_cache_too(tmp_path: Path) -> None:
+    import aitune.torch as ait
+    from aitune.torch._module import runtime_of
+    from aitune.torch.config import config as global_config
+    from aitune.torch.jit.config import config as jit_config
+
+    global_config.min_speedup = 1e-6
+    jit_config.cache_dir = tmp_path
+    torch.manual_seed(0)
+    net = _Net().eval()
+    caches = []
+    for _ in range(2):  # as two processes would: a fresh wrapper each time
+        model = ait.Module(net, "net", strategy=ait.OneBackendStrategy(ONNXRuntimeBackend()))
+        ait.tune(model, [torch.randn(2, 4) for _ in range(3)])
+        [sig] = runtime_of(model).signatures.values()
+        caches.append(sig.cache)
+        assert sig.status == "tuned"
+    assert caches == ["stored", "hit"]

@@ -9,7 +9,10 @@ attributes, and the items of list, tuple and dict attributes, one level deep. Wi
 pipeline object holds no reachable wrapper, every live wrapper records while the dataset runs and those that
 were called are tuned.
 
-Known limits: the persistent cache of JIT mode is not consulted. A signature already tuned keeps its engine;
+The persistent cache (`AITUNE_JIT_CACHE_DIR`, or `aitune.torch.jit.config.config.cache_dir`) is used as in JIT
+mode: a second `ait.tune` of the same module in a later process reuses its decision.
+
+Known limits: a signature already tuned keeps its engine;
 calls with shapes outside its range do not widen it (wrap again, or `enable_passthrough(force=True)` then tune).
 """
 
@@ -27,6 +30,7 @@ from aitune.torch._explicit import ModuleRuntime, Quiet, live_runtimes, release_
 from aitune.torch._module import runtime_of
 from aitune.torch._samples import SignatureRecord, first_device
 from aitune.torch.backend import Backend
+from aitune.torch.jit import _cache
 from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneOutcome, TuneStrategy
 
 logger = logging.getLogger(__name__)
@@ -220,7 +224,7 @@ def tune_signature(rt: ModuleRuntime, sig: SignatureRecord, strategy: TuneStrate
                     ", ".join(b.describe() for b in backends) or "no backend")
         job = _tuning.make_job(rt.module, rt.name, sig, samples, device, backends, progress=SETTINGS.progress)
         with Quiet():
-            outcome = _tuning.run(job, chosen)
+            outcome = _tuning.run(job, chosen, _cache.store_from_config())
             reference = job.timing_sample() if outcome.winner is not None else None
     except Exception as e:
         error = e
