@@ -315,9 +315,13 @@ def test_inductor_aot_rebuilt_unless_trusted(tmp_path: Path, monkeypatch: pytest
     reason = TorchInductorAotBackend.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    net, ckpt = round_trip(TorchInductorAotBackend(), tmp_path)
-    if "cpu" in _inductor_aot._CHILD_CRASHED:
-        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED['cpu']}")
+    try:
+        net, ckpt = round_trip(TorchInductorAotBackend(), tmp_path)
+    except AssertionError:
+        # torch 2.11+cu130 on the GPU machine kills any process that loads a package: the candidate is rejected.
+        if "cpu" in _inductor_aot._CHILD_CRASHED:
+            pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED['cpu']}")
+        raise
     manifest = json.loads(members(ckpt)[MANIFEST])
     assert first_sig(manifest)["artifact_runs_code"] is True
     assert any(name.startswith("modules/0/0/engine/") for name in members(ckpt))
