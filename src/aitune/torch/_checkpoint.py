@@ -36,7 +36,6 @@ import tempfile
 import time
 import weakref
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +53,11 @@ from aitune.torch._checkpoint_format import (
     _ModuleEntry,
     _SignatureEntry,
     _read_archive,
-    _sha256,
     _verify_outer_hash,
     sums_path,
 )
 from aitune.torch._errors import UnknownBackendError
-from aitune.torch._samples import Sample, SignatureRecord, signature_key
+from aitune.torch._samples import Sample, SignatureRecord, first_device, signature_key
 from aitune.torch.tune_strategy._base import check
 
 logger = logging.getLogger(__name__)
@@ -92,7 +90,7 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
         if not any(m.signatures for m in modules):
             raise CheckpointError(f"{target}: nothing to save: {', '.join(names)} has no tuned signature; run "
                                   "ait.tune first", path=target)
-        files = {str(p.relative_to(staging).as_posix()): _sha256(p) for p in sorted(_walk(staging))}
+        files = {str(p.relative_to(staging).as_posix()): _fingerprint.file_sha256(p) for p in sorted(_fingerprint.files_under(staging))}
         device = next((s.inputs[0]["device"] for m in modules for s in m.signatures if s.inputs), "cpu")
         manifest = _Manifest(format=FORMAT, version=VERSION, created=time.time(),
                              libraries=_fingerprint.library_versions(),
@@ -104,7 +102,7 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
                 zf.writestr(MANIFEST, manifest.model_dump_json(indent=1))
                 for rel in files:
                     zf.write(staging / rel, rel)
-            digest = _sha256(tmp)
+            digest = _fingerprint.file_sha256(tmp)
             os.replace(tmp, target)
         finally:
             if tmp.exists():
@@ -116,12 +114,6 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
     n_sigs = sum(len(m.signatures) for m in modules)
     logger.info("saved %d module(s), %d tuned signature(s) to %s (%s)", len(modules), n_sigs, target, sums.name)
     return target
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            yield Path(dirpath) / name
 
 
 def _stage_module(i: int, name: str, rt: Any, staging: Path) -> _ModuleEntry:
@@ -305,7 +297,7 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
         sig.min_shapes = [list(s) for s in sig_entry.min_shapes]
         sig.max_shapes = [list(s) for s in sig_entry.max_shapes]
         sig.observe(_tree.shapes_of(named))
-        job = _tuning.make_job(module, entry.name, sig, [sample], _first_device(sample), [backend], progress=False)
+        job = _tuning.make_job(module, entry.name, sig, [sample], first_device([sample]), [backend], progress=False)
         start = time.perf_counter()
         can_load = sig_entry.artifact_dir is not None and (trust_native_code or not sig_entry.artifact_runs_code)
         if sig_entry.artifact_dir is not None and not can_load:
@@ -398,12 +390,6 @@ class _inference:
     def __exit__(self, *exc: Any) -> None:
         if self._ctx is not None:
             self._ctx.__exit__(*exc)
-
-
-def _first_device(sample: Sample) -> torch.device:
-    for t in _tree.tensors((sample.args, sample.kwargs)):
-        return t.device
-    return torch.device("cpu")
 
 
 def verify(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import aitune
 from aitune.torch._errors import AITuneError
+from aitune.torch._fingerprint import file_sha256
 
 FORMAT: Literal["aitune-checkpoint"] = "aitune-checkpoint"
 VERSION = 1
@@ -81,14 +82,6 @@ def sums_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_sha256_sums.txt")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify_outer_hash(source: Path) -> None:
     if not source.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file", path=source)
@@ -103,7 +96,7 @@ def _verify_outer_hash(source: Path) -> None:
             expected = m.group(1)
     if expected is None:
         raise CheckpointError(f"{sums}: has no sha256 line for {source.name}", path=sums)
-    actual = _sha256(source)
+    actual = file_sha256(source)
     if actual != expected:
         raise CheckpointError(f"{source}: sha256 {actual[:16]}... does not match {expected[:16]}... recorded in "
                               f"{sums.name}; the file was modified, truncated or replaced. Refusing to load it.",

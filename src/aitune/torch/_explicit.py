@@ -168,14 +168,8 @@ class ModuleRuntime:
         with self.lock:
             if self.signatures.get(sig.key) is not sig:
                 self.signatures[sig.key] = sig
-            sig.engine = result.engine
-            sig.backend_obj = result.backend_obj
-            sig.backend = type(result.backend_obj).__name__ if result.backend_obj is not None else result.backend
-            sig.backend_description = result.backend
-            sig.tuned_latency_ms = result.latency_ms
+            sig.take_engine(result)
             sig.eager_latency_ms = eager_latency_ms
-            sig.reason = None
-            sig.status = "tuned"
             self._weights = fingerprint(self.module)
             self.state = "tuned"
 

@@ -1,4 +1,4 @@
-"""Stable digests of a module: its structure (classes, settings, forward code, parameter layout) and the
+"""Stable digests of a module (and of files): its structure (classes, settings, forward code, parameter layout) and the
 content of its weights. They key the persistent cache and tie a checkpoint to the model it was made from.
 
 Both are hex sha256 strings that are identical across processes for the same model built the same way.
@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import threading
 import types
 import weakref
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,6 +121,22 @@ def _hash_code(h: Any, code: types.CodeType) -> None:
             _hash_code(h, const)
         else:
             h.update(repr(const).encode())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def files_under(root: Path) -> Iterator[Path]:
+    """Every regular file below `root`, at any depth."""
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            yield Path(dirpath) / name
 
 
 def device_model(device: torch.device) -> str:

@@ -112,6 +112,16 @@ class SignatureRecord:
         return cls(key=key, description=description, min_shapes=[list(s) for s in shapes],
                    max_shapes=[list(s) for s in shapes])
 
+    def take_engine(self, result: Any) -> None:
+        """Serve this signature with an accepted candidate (a `CandidateResult`) from now on."""
+        self.engine = result.engine
+        self.backend_obj = result.backend_obj
+        self.backend = type(result.backend_obj).__name__ if result.backend_obj is not None else result.backend
+        self.backend_description = result.backend
+        self.tuned_latency_ms = result.latency_ms
+        self.reason = None
+        self.status = "tuned"
+
     def observe(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """Count a call with these tensor sizes (`_tree.shapes_of`) and widen the ranges (caller holds `lock`)."""
         self.calls += 1

@@ -17,19 +17,20 @@ and that process tunes again. The size budget counts engine entries, not PyTorch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from aitune.torch._fingerprint import file_sha256, files_under
 
 logger = logging.getLogger(__name__)
 
@@ -74,20 +75,6 @@ class Hit:
     def engine_dir(self) -> Path | None:
         d = self.path / ENGINE_DIR
         return d if self.record.get("artifact") and d.is_dir() else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files_under(root: Path) -> Iterator[Path]:
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            yield Path(dirpath) / name
 
 
 class EngineStore:
@@ -147,10 +134,10 @@ class EngineStore:
                 raise CorruptEntry(f"file {rel!r} lies outside the entry")
             if not target.is_file():
                 raise CorruptEntry(f"{rel} is missing")
-            if sha256_file(target) != digest:
+            if file_sha256(target) != digest:
                 raise CorruptEntry(f"{rel} does not match its recorded sha256")
         listed = {(path / rel).resolve() for rel in files}
-        for extra in _files_under(path / ENGINE_DIR):
+        for extra in files_under(path / ENGINE_DIR):
             if extra.resolve() not in listed:
                 raise CorruptEntry(f"{extra.relative_to(path)} is not listed in {ENTRY_FILE}")
         return record
@@ -171,12 +158,12 @@ class EngineStore:
                 engine_dir = tmp / ENGINE_DIR
                 engine_dir.mkdir()
                 save(engine_dir)
-            files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(_files_under(tmp))}
-            size = sum(p.stat().st_size for p in _files_under(tmp))
+            files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(files_under(tmp))}
+            size = sum(p.stat().st_size for p in files_under(tmp))
             full = {**record, "format": FORMAT, "key": key, "files": files, "size_bytes": size,
                     "artifact": save is not None and bool(files), "created": time.time()}
             _write_synced(tmp / ENTRY_FILE, json.dumps(full, indent=1, sort_keys=True, default=str))
-            for p in _files_under(tmp):
+            for p in files_under(tmp):
                 _fsync(p)
             with self._lock():
                 dest = self.entries_dir / key
@@ -188,7 +175,7 @@ class EngineStore:
                     except CorruptEntry:
                         self._remove_locked(key)
                 os.rename(tmp, dest)
-                _fsync_dir(self.entries_dir)
+                _fsync(self.entries_dir)
             self.evict(protect={key})
             return True
         finally:
@@ -259,7 +246,7 @@ class EngineStore:
                 last_used = path.stat().st_mtime
             except OSError:
                 continue
-            size = sum(p.stat().st_size for p in _files_under(path))
+            size = sum(p.stat().st_size for p in files_under(path))
             try:
                 record = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
                 if not isinstance(record, dict):
@@ -307,17 +294,7 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+    """Flush a file's (or a directory's) data to disk; best effort where the platform refuses."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -123,13 +123,7 @@ def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, 
     module = st.ref()
     if error is None and outcome is not None and outcome.winner is not None and st.status == "active":
         winner = outcome.winner
-        sig.engine = winner.engine
-        sig.backend_obj = winner.backend_obj
-        sig.backend = type(winner.backend_obj).__name__ if winner.backend_obj is not None else winner.backend
-        sig.backend_description = winner.backend
-        sig.tuned_latency_ms = winner.latency_ms
-        sig.reason = None
-        sig.status = "tuned"
+        sig.take_engine(winner)
         sig.freeze_engine_range(sig.samples)
         release_samples(sig)
         if module is not None:
