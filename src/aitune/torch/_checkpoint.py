@@ -282,7 +282,7 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
     missing = backend.unavailable_reason()
     if missing is not None:
         raise CheckpointError(f"{source}: module {entry.name!r} needs {sig_entry.backend}: {missing}", path=source)
-    with torch.set_grad_enabled(sig_entry.grad_enabled), _inference(sig_entry.inference_mode):
+    with torch.set_grad_enabled(sig_entry.grad_enabled), _tuning.recorded_inference_mode(sig_entry.inference_mode):
         named = rt.normalizer.normalize(args, kwargs)
         key = signature_key(named)
         sig = SignatureRecord.from_call(key, named)
@@ -377,19 +377,6 @@ def _free_form(value: Any, where: str = "") -> list[str]:
     if isinstance(value, (list, tuple)):
         return list(dict.fromkeys(name for item in value for name in _free_form(item, where)))
     return []
-
-
-class _inference:
-    def __init__(self, enabled: bool) -> None:
-        self._ctx = torch.inference_mode() if enabled else None
-
-    def __enter__(self) -> None:
-        if self._ctx is not None:
-            self._ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._ctx is not None:
-            self._ctx.__exit__(*exc)
 
 
 def verify(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -108,18 +108,23 @@ def _safe_member(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and ":" not in name
 
 
+def _read_member(zf: zipfile.ZipFile, source: Path, name: str, missing: str) -> bytes:
+    """A member's bytes; CheckpointError naming the file when it is absent (`missing`) or unreadable."""
+    try:
+        return zf.read(name)
+    except KeyError:
+        raise CheckpointError(f"{source}: {missing}", path=source) from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{source}: {name} is unreadable ({e})", path=source) from None
+
+
 def _read_archive(source: Path, unpacked: Path) -> _Manifest:
     try:
         zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{source}: not a readable checkpoint archive ({e})", path=source) from None
     with zf:
-        try:
-            raw = zf.read(MANIFEST)
-        except KeyError:
-            raise CheckpointError(f"{source}: no {MANIFEST} inside; not an aitune checkpoint", path=source) from None
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{source}: {MANIFEST} is unreadable ({e})", path=source) from None
+        raw = _read_member(zf, source, MANIFEST, f"no {MANIFEST} inside; not an aitune checkpoint")
         try:
             data = json.loads(raw)
         except ValueError as e:
@@ -142,12 +147,7 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
         for rel, digest in manifest.files.items():
             if not _safe_member(rel):
                 raise CheckpointError(f"{source}: refusing member path {rel!r}", path=source)
-            try:
-                blob = zf.read(rel)
-            except KeyError:
-                raise CheckpointError(f"{source}: {rel} is listed but missing", path=source) from None
-            except (zipfile.BadZipFile, OSError) as e:
-                raise CheckpointError(f"{source}: {rel} is unreadable ({e})", path=source) from None
+            blob = _read_member(zf, source, rel, f"{rel} is listed but missing")
             if hashlib.sha256(blob).hexdigest() != digest:
                 raise CheckpointError(f"{source}: {rel} does not match its sha256 in {MANIFEST}", path=source)
             out = unpacked / rel

@@ -43,12 +43,14 @@ def make_job(module: torch.nn.Module, name: str, signature: Any, samples: Sequen
 
 def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
     """Decide for one signature, under the grad and inference modes it was recorded in (part of its key)."""
-    grad, inference = bool(job.signature.key[0]), bool(job.signature.key[1])
-    with torch.set_grad_enabled(grad):
-        if inference:
-            with torch.inference_mode():
-                return _run(job, strategy, store)
+    with torch.set_grad_enabled(bool(job.signature.key[0])), recorded_inference_mode(bool(job.signature.key[1])):
         return _run(job, strategy, store)
+
+
+def recorded_inference_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """inference_mode when the signature was recorded in it, else nothing: `torch.inference_mode(False)` is not
+    a no-op (it switches grad mode on)."""
+    return torch.inference_mode() if enabled else contextlib.nullcontext()
 
 
 def _run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> TuneOutcome:
