@@ -1,6 +1,7 @@
 """Second-run time-to-tuned with the persistent cache, per backend, as a fraction of the first run.
 
-For every backend set, the unchanged script runs twice under the JIT hook with a fresh `AITUNE_JIT_CACHE_DIR`:
+For every backend set, the unchanged script runs twice under the JIT hook with a fresh `AITUNE_JIT_CACHE_DIR`
+(and a fresh `TORCHINDUCTOR_CACHE_DIR` shared by both runs, unless one is set):
 the first run tunes and stores, the second should reuse. From each run's JSON report it takes the seconds spent
 tuning (`tuning_seconds` summed over modules: building, checking and timing candidates, or loading and checking
 a cached engine) and the script's wall time, and prints both runs side by side with the ratio.
@@ -49,6 +50,10 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 def bench(script: str, backends: str, timeout: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aitune-cache-bench-") as tmp:
         env = {"AITUNE_JIT_CACHE_DIR": str(Path(tmp) / "cache")}
+        # PyTorch's own caches, cold for the first run and shared by the second (aitune leaves them where torch
+        # keeps them; a fresh folder here so that earlier runs on this machine do not warm the first run).
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or
+                       str(Path(tmp) / "torchinductor"))
         if backends != "default":
             env["AITUNE_JIT_BACKENDS"] = backends
         runs = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +17,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(no_gpu)
 
 
+@pytest.fixture(scope="session")
+def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """XDG_CONFIG_HOME of every test and of the scripts they run: the cache secret is made there, not in the
+    user's home. One for the session, so that runs of one test (and subprocesses) share it."""
+    home = tmp_path_factory.mktemp("config-home")
+    home.chmod(0o700)
+    return home
+
+
 @pytest.fixture(autouse=True)
-def _clean_aitune(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("AITUNE_") or name == "AUTOWRAPT_BOOTSTRAP":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     yield
+    from aitune.torch import cache
     from aitune.torch.jit import _hook, _runtime, _tracker
+
+    cache.reset()
 
     _hook.uninstall()
     _tracker.reset()

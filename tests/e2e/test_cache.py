@@ -7,7 +7,9 @@ wrong answer or a crash.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +19,9 @@ from typing import Any
 import pytest
 
 from aitune.torch import cache
-from tests.e2e.harness import BOOTSTRAP, SCRIPTS, TIMEOUT_S, ScriptRun, assert_results_close, base_env
+from aitune.torch.cache._directory import TOP_NAMES
+from aitune.torch.cache._store import ENTRY_FILE
+from tests.e2e.harness import BOOTSTRAP, SCRIPTS, TIMEOUT_S, ScriptRun, assert_results_close, base_env, run_script
 
 PlainRun = Callable[[str], ScriptRun]
 HookedRun = Callable[..., ScriptRun]
@@ -110,7 +114,7 @@ def test_two_processes_tuning_at_once_leave_a_valid_cache(plain_run: PlainRun, h
 
 
 @pytest.mark.slow
-def test_inductor_second_run_uses_the_decision_and_torch_compile_caches(plain_run: PlainRun, hooked_run: HookedRun,
+def test_inductor_second_run_reuses_the_decision(plain_run: PlainRun, hooked_run: HookedRun,
                                                                         tmp_path: Path) -> None:
     root = tmp_path / "cache"
     env = {"AITUNE_JIT_BACKENDS": "TorchInductorJitBackend,ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6",
@@ -118,7 +122,8 @@ def test_inductor_second_run_uses_the_decision_and_torch_compile_caches(plain_ru
     first = hooked_run("cnn", **env).check()
     winner = first.module("Net")["backend"]
     assert _signature(first)["cache"] == "stored"
-    assert any((root / "torch").rglob("*")), "Inductor's caches should be kept under the cache directory"
+    # PyTorch's own caches (pickles and code torch loads unchecked) are left where torch keeps them.
+    assert {p.name for p in root.iterdir()} <= TOP_NAMES, sorted(p.name for p in root.iterdir())
 
     second = hooked_run("cnn", **env).check()
     assert_results_close(second, plain_run("cnn"))
@@ -142,3 +147,63 @@ def test_cached_engine_that_no_longer_matches_eager_is_retuned(hooked_run: Hooke
     assert results is not None
     torch_close = __import__("torch").testing.assert_close
     torch_close(results["out"], results["expected"])
+
+
+# -- trust: directories aitune must not use, entries it must not load ------------------------------------------------
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_cache_dir_set_to_the_project_directory_uses_and_deletes_nothing(plain_run: PlainRun, tmp_path: Path) -> None:
+    """`AITUNE_JIT_CACHE_DIR=.` in a project that has tmp/ and torch/ folders: refused, with one warning."""
+    project = tmp_path / "project"
+    for name in ("tmp/run-1234-x", "tmp/" + "a" * 32 + "-999999-abcd1234", "torch/fxgraph", "data"):
+        (project / name).mkdir(parents=True)
+        (project / name / "keep.txt").write_text(f"user file in {name}")
+        old = 1_000_000_000
+        os.utime(project / name, (old, old))
+    before = _snapshot(project)
+    run = run_script("cnn", project, hooked=True, env={**ORT, "AITUNE_JIT_CACHE_DIR": "."}).check()
+    assert_results_close(run, plain_run("cnn"))
+    assert run.stderr.count("not using the cache") == 1, run.stderr
+    assert f"{project} is not an aitune cache" in run.stderr and "choose another directory" in run.stderr
+    after = _snapshot(project)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file of the user's was changed or deleted"
+    assert set(after) - set(before) <= {"cnn.pt", "report.json"}, sorted(set(after) - set(before))
+
+
+@pytest.mark.parametrize("where", ["below_a_file", "in_proc"])
+def test_an_impossible_cache_dir_runs_the_script_without_the_cache(plain_run: PlainRun, tmp_path: Path,
+                                                                   where: str) -> None:
+    (tmp_path / "a-file").write_text("x")
+    path = str(tmp_path / "a-file" / "cache") if where == "below_a_file" else "/proc/aitune-nope/cache"
+    run = run_script("cnn", tmp_path / "work", hooked=True, env={**ORT, "AITUNE_JIT_CACHE_DIR": path}).check()
+    assert_results_close(run, plain_run("cnn"))
+    assert run.stderr.count("not using the cache") == 1 and path in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.module("Net")["state"] == "tuned", "the script is still tuned, only without the cache"
+
+
+def test_a_forged_entry_is_never_loaded(plain_run: PlainRun, hooked_run: HookedRun, tmp_path: Path) -> None:
+    """Someone edits the saved engine's weights and makes every file hash in entry.json right again: the entry's
+    signature no longer verifies, so it is not loaded (live confirmation is off here: the signature alone stops it).
+    """
+    root = tmp_path / "cache"
+    env = {**ORT, "AITUNE_JIT_CACHE_DIR": str(root), "AITUNE_CONFIRM_CALLS": "0"}
+    hooked_run("cnn", **env).check()
+    [entry] = cache.entries(root)
+    weights = entry.path / "engine" / "model.onnx.data"
+    data = bytearray(weights.read_bytes())
+    for i in range(3, len(data), 4):
+        data[i] ^= 0x80  # flip the sign of every float32
+    weights.write_bytes(bytes(data))
+    record = json.loads((entry.path / ENTRY_FILE).read_text())
+    record["files"] = {rel: hashlib.sha256((entry.path / rel).read_bytes()).hexdigest() for rel in record["files"]}
+    (entry.path / ENTRY_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+    second = hooked_run("cnn", **env).check()
+    assert_results_close(second, plain_run("cnn"))
+    assert "not loading" in second.stderr and str(entry.path) in second.stderr, second.stderr
+    assert _signature(second)["cache"] == "stored", "the forged entry is replaced by a fresh tuning"
+    assert [e.valid for e in cache.entries(root, verify=True)] == [True]

@@ -12,7 +12,6 @@ from aitune.torch import cache
 from aitune.torch._module import runtime_of
 from aitune.torch._tuning import make_job, run
 from aitune.torch.backend import TorchInductorJitBackend
-from aitune.torch.cache._store import EngineStore
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy
 
@@ -53,7 +52,7 @@ def test_cache_round_trip_of_a_cuda_decision(tmp_path: Path) -> None:
     global_config.min_speedup = 1e-6
     net = _net()
     x = torch.randn(8, 64, device="cuda", dtype=torch.half)
-    store = EngineStore(tmp_path, 1 << 30)
+    store = cache.open_store(tmp_path / "c", create=True, need_secret=True)
     outcomes = []
     for _ in range(2):
         sig, samples = record(net, [((x,), {})] * 3)
@@ -61,5 +60,5 @@ def test_cache_round_trip_of_a_cuda_decision(tmp_path: Path) -> None:
         outcomes.append(run(job, OneBackendStrategy(TorchInductorJitBackend()), store))
     assert outcomes[0].cache == "stored" and outcomes[1].cache == "hit"
     assert outcomes[1].winner is not None and outcomes[1].winner.ok
-    [entry] = cache.entries(tmp_path, verify=True)
+    [entry] = cache.entries(tmp_path / "c", verify=True)
     assert entry.valid and "cuda" in str(entry.path.joinpath("entry.json").read_text())

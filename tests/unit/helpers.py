@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
+import zipfile
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -151,3 +155,30 @@ def tune_net_in_jit_mode(backend: Backend) -> tuple[dict[str, Any], Net]:
         torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-5)
     entry: dict[str, Any] = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
     return entry, net
+
+
+PAYLOAD_C = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("planted code ran\n", f); fclose(f); }
+}
+"""
+
+
+def plant(package: Path, library: Path) -> None:
+    """Replace every shared library inside an AOTInductor package with `library`."""
+    with zipfile.ZipFile(package) as src:
+        members = [(i, library.read_bytes() if i.filename.endswith(".so") else src.read(i)) for i in src.infolist()]
+    with zipfile.ZipFile(package, "w") as out:
+        for info, data in members:
+            out.writestr(info, data)
+
+
+def payload_is_live(package: Path, marker: Path) -> None:
+    """Prove the forged package runs its code when loaded unchecked (in a child process), then reset."""
+    code = ("import sys\nfrom torch._inductor import aoti_load_package\ntry:\n    aoti_load_package(sys.argv[1])\n"
+            "except Exception:\n    pass\n")
+    subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, check=False, timeout=300)
+    assert marker.exists(), "the planted library should run when a package is loaded without aitune's checks"
+    marker.unlink()

@@ -15,12 +15,20 @@ import torch
 
 from aitune.torch import _fingerprint, _tuning, cache
 from aitune.torch.backend import ONNXRuntimeBackend, TorchEagerBackend, TorchInductorJitBackend
-from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE, EngineStore
+from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE, MAC_FILE, EngineStore
 from aitune.torch.cache.__main__ import main as cache_cli
 from aitune.torch.tune_strategy import HighestThroughputStrategy
 from tests.unit.helpers import record
 
 KEY = "a" * 64
+
+
+def _store(root: Path, max_bytes: int = 1 << 30) -> EngineStore:
+    """A store as JIT mode opens one: the directory made and marked, the user's secret made (conftest points
+    XDG_CONFIG_HOME at a directory of the test session)."""
+    store = cache.open_store(root, create=True, need_secret=True)
+    store.max_bytes = max_bytes
+    return store
 
 
 def _engine_writer(payload: bytes):
@@ -32,29 +40,30 @@ def _engine_writer(payload: bytes):
 
 
 def test_publish_then_lookup_round_trip(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
     assert store.lookup(KEY) is None
     assert store.publish(KEY, {"module": "Net", "decision": "tuned", "backend": "X"}, _engine_writer(b"x" * 100))
     hit = store.lookup(KEY)
     assert hit is not None and hit.record["module"] == "Net" and hit.record["artifact"] is True
     assert hit.engine_dir is not None and (hit.engine_dir / "model.bin").read_bytes() == b"x" * 100
     assert set(hit.record["files"]) == {f"{ENGINE_DIR}/model.bin", f"{ENGINE_DIR}/sub/meta.json"}
-    assert not any((tmp_path / "tmp").iterdir()), "the staging directory is left behind"
+    assert not any((tmp_path / "c" / "tmp").iterdir()), "the staging directory is left behind"
+    assert (hit.path / MAC_FILE).is_file(), "every entry is signed"
 
 
 def test_second_publisher_of_a_key_keeps_the_first_entry(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
     assert store.publish(KEY, {"module": "first"}, _engine_writer(b"1"))
     assert not store.publish(KEY, {"module": "second"}, _engine_writer(b"2"))
     hit = store.lookup(KEY)
     assert hit is not None and hit.record["module"] == "first"
 
 
-@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete_file", "extra_file", "bad_json", "other_key",
-                                    "no_record"])
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete_file", "extra_file", "no_record"])
 def test_damaged_entry_is_not_trusted_and_is_removed(tmp_path: Path, damage: str,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    """Damage behind a valid signature (a partial write, a truncated file): aitune's own entry, removed."""
+    store = _store(tmp_path / "c")
     store.publish(KEY, {"module": "Net"}, _engine_writer(b"weights" * 50))
     entry = store.entries_dir / KEY
     blob = entry / ENGINE_DIR / "model.bin"
@@ -68,12 +77,6 @@ def test_damaged_entry_is_not_trusted_and_is_removed(tmp_path: Path, damage: str
         blob.unlink()
     elif damage == "extra_file":
         (entry / ENGINE_DIR / "planted.so").write_bytes(b"\x7fELF")
-    elif damage == "bad_json":
-        (entry / ENTRY_FILE).write_text('{"format": 1, "key": ')
-    elif damage == "other_key":
-        record = json.loads((entry / ENTRY_FILE).read_text())
-        record["key"] = "b" * 64
-        (entry / ENTRY_FILE).write_text(json.dumps(record))
     else:
         (entry / ENTRY_FILE).unlink()
     assert store.entries(verify=True)[0].valid is False
@@ -83,26 +86,53 @@ def test_damaged_entry_is_not_trusted_and_is_removed(tmp_path: Path, damage: str
     assert not entry.exists(), "a damaged entry must be removed so it is rebuilt"
 
 
+@pytest.mark.parametrize("edit", ["bad_json", "other_key", "edited_decision", "no_signature"])
+def test_edited_record_fails_its_signature_and_is_replaced(tmp_path: Path, edit: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """entry.json edited by anyone without the secret: never loaded, and replaced by the next publish."""
+    store = _store(tmp_path / "c")
+    store.publish(KEY, {"module": "Net", "decision": "eager"}, None)
+    entry = store.entries_dir / KEY
+    record = json.loads((entry / ENTRY_FILE).read_text())
+    if edit == "bad_json":
+        (entry / ENTRY_FILE).write_text('{"format": 1, "key": ')
+    elif edit == "other_key":
+        record["key"] = "b" * 64
+        (entry / ENTRY_FILE).write_text(json.dumps(record))
+    elif edit == "edited_decision":
+        record["decision"] = "tuned"
+        (entry / ENTRY_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+    else:
+        (entry / MAC_FILE).unlink()
+    with caplog.at_level("WARNING"):
+        assert store.lookup(KEY) is None
+    assert "not loading" in caplog.text and str(entry) in caplog.text
+    assert [e.problem for e in store.entries(verify=True)][0] is not None
+    assert store.publish(KEY, {"module": "Net", "decision": "eager"}, None)
+    assert store.lookup(KEY) is not None
+
+
 def test_entry_path_outside_the_entry_is_refused(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
     store.publish(KEY, {"module": "Net"}, _engine_writer(b"w"))
     secret = tmp_path / "secret.txt"
     secret.write_text("s")
     record_path = store.entries_dir / KEY / ENTRY_FILE
     record = json.loads(record_path.read_text())
-    record["files"]["../../secret.txt"] = record["files"].pop(f"{ENGINE_DIR}/model.bin")
-    record_path.write_text(json.dumps(record))
+    record["files"]["../../../secret.txt"] = record["files"].pop(f"{ENGINE_DIR}/model.bin")
+    record_path.write_bytes(json.dumps(record, indent=1, sort_keys=True).encode())
+    store.resign()  # even signed (say, by `cache adopt`), a path outside the entry is refused
     assert store.lookup(KEY) is None
     assert secret.exists()
 
 
 def test_dead_writers_staging_directories_are_ignored_then_cleaned(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
     # What a writer killed mid-write leaves: a staging dir named after a process that no longer exists.
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead_pid = int(proc.stdout)
-    partial = tmp_path / "tmp" / f"{KEY[:32]}-{dead_pid}-abcd1234"
+    partial = tmp_path / "c" / "tmp" / f"{KEY[:32]}-{dead_pid}-abcd1234"
     (partial / ENGINE_DIR).mkdir(parents=True)
     (partial / ENGINE_DIR / "model.bin").write_bytes(b"half")
     assert store.lookup(KEY) is None and store.entries() == []
@@ -111,7 +141,7 @@ def test_dead_writers_staging_directories_are_ignored_then_cleaned(tmp_path: Pat
 
 
 def test_lru_eviction_keeps_the_most_recently_used(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, max_bytes=11_000)
+    store = _store(tmp_path / "c", max_bytes=11_000)
     keys = [c * 64 for c in "abc"]
     for i, key in enumerate(keys):
         store.publish(key, {"module": f"m{i}"}, _engine_writer(b"x" * 3000))
@@ -124,25 +154,25 @@ def test_lru_eviction_keeps_the_most_recently_used(tmp_path: Path) -> None:
 
 
 def test_budget_smaller_than_one_entry_keeps_the_new_one(tmp_path: Path) -> None:
-    store = EngineStore(tmp_path, max_bytes=100)
+    store = _store(tmp_path / "c", max_bytes=100)
     store.publish("a" * 64, {"module": "old"}, _engine_writer(b"x" * 1000))
     store.publish("b" * 64, {"module": "new"}, _engine_writer(b"x" * 1000))
     assert [i.key for i in store.entries()] == ["b" * 64]
 
 
 def test_list_and_clear_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = EngineStore(tmp_path, 1 << 30)
+    root = tmp_path / "c"
+    store = _store(root)
     store.publish(KEY, {"module": "Net", "decision": "tuned", "backend": "ONNXRuntimeBackend"}, _engine_writer(b"x"))
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "fxgraph").write_text("cached")
-    assert cache_cli(["list", "--dir", str(tmp_path), "--verify"]) == 0
+    assert cache_cli(["list", "--dir", str(root), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "1 entry" in out and "Net" in out and "ONNXRuntimeBackend" in out and "INVALID" not in out
-    assert cache_cli(["list", "--dir", str(tmp_path), "--json"]) == 0
+    assert cache_cli(["list", "--dir", str(root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["key"] == KEY
-    assert cache_cli(["clear", "--dir", str(tmp_path)]) == 0
+    assert cache_cli(["clear", "--dir", str(root)]) == 0
     assert "cleared 1 entry" in capsys.readouterr().out
-    assert cache.entries(tmp_path) == [] and not (tmp_path / "torch").exists()
+    assert cache.entries(root) == []
+    assert sorted(p.name for p in root.iterdir()) == [".aitune-cache", "CACHEDIR.TAG", "engines-v1", "lock", "tmp"]
 
 
 def test_cli_without_a_directory_says_how_to_name_one(capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,12 +181,13 @@ def test_cli_without_a_directory_says_how_to_name_one(capsys: pytest.CaptureFixt
 
 
 def test_cli_reads_the_env_var(tmp_path: Path) -> None:
-    env = {**os.environ, "AITUNE_JIT_CACHE_DIR": str(tmp_path)}
-    EngineStore(tmp_path, 1 << 30).publish(KEY, {"module": "Net", "decision": "eager"})
-    proc = subprocess.run([sys.executable, "-m", "aitune.torch.cache", "list"], env=env, capture_output=True,
-                          text=True, check=False)
+    root = tmp_path / "c"
+    env = {**os.environ, "AITUNE_JIT_CACHE_DIR": str(root)}
+    _store(root).publish(KEY, {"module": "Net", "decision": "eager"})
+    proc = subprocess.run([sys.executable, "-m", "aitune.torch.cache", "list", "--verify"], env=env,
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert str(tmp_path) in proc.stdout and "eager" in proc.stdout
+    assert str(root) in proc.stdout and "eager" in proc.stdout and "INVALID" not in proc.stdout
 
 
 # the key
@@ -248,7 +279,7 @@ def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) ->
     global_config.min_speedup = 1e-6
     net = _Net().eval()
     x = torch.randn(2, 4)
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
     outcomes = []
     for _ in range(2):
         sig, samples = record(net, [((x,), {})] * 3)
@@ -262,28 +293,13 @@ def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) ->
     torch.testing.assert_close(reused.engine(x), net(x))
 
 
-def test_torch_compile_caches_go_under_the_cache_dir_unless_the_user_chose(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
-
-    from aitune.torch.jit._cache import use_torch_compile_caches
-
-    # torch itself may have written its default into the variable already: that is not a user's choice.
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
-    assert use_torch_compile_caches(tmp_path / "a") == tmp_path / "a" / "torch"
-    assert cache_dir() == str(tmp_path / "a" / "torch")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
-    assert use_torch_compile_caches(tmp_path / "b") is None
-    assert cache_dir() == str(tmp_path / "mine")
-
-
 def test_a_library_version_change_is_a_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After an upgrade of torch (or any backend library) the stored decision is not found: it is tuned again."""
     from aitune.torch.config import config as global_config
 
     global_config.min_speedup = 1e-6
     net = _Net().eval()
-    store = EngineStore(tmp_path, 1 << 30)
+    store = _store(tmp_path / "c")
 
     def tune_once() -> str | None:
         sig, samples = record(net, [((torch.randn(2, 4),), {})] * 3)
@@ -305,7 +321,7 @@ def test_explicit_tune_uses_the_cache_too(tmp_path: Path) -> None:
     from aitune.torch.jit.config import config as jit_config
 
     global_config.min_speedup = 1e-6
-    jit_config.cache_dir = tmp_path
+    jit_config.cache_dir = tmp_path / "c"
     torch.manual_seed(0)
     net = _Net().eval()
     caches = []

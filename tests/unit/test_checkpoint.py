@@ -42,7 +42,7 @@ from aitune.torch.backend import (
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy
 
-from .helpers import Block
+from .helpers import Block, payload_is_live, plant
 
 TOL: dict[str, Any] = {"rtol": 1e-4, "atol": 1e-5}
 NAME = "mlp"
@@ -307,21 +307,39 @@ def test_a_missing_wrapper_among_several_installs_none(saved_parent: tuple[Paren
     assert_untouched(parent.block)
 
 
-@pytest.mark.slow
-def test_inductor_aot_rebuilt_unless_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture(scope="module")
+def saved_aot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, Path]]:
+    """(the eager Block, a checkpoint of it tuned with AOTInductor), built once (an AOTInductor compile is slow)."""
     from aitune.torch.backend import _inductor_aot
 
     reason = TorchInductorAotBackend.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
+    _fast_settings()
     try:
-        net, ckpt = round_trip(TorchInductorAotBackend(), tmp_path)
+        net, ckpt = round_trip(TorchInductorAotBackend(), tmp_path_factory.mktemp("saved-aot"))
     except AssertionError:
         # torch 2.11+cu130 on the GPU machine kills any process that loads a package: the candidate is rejected.
         if "cpu" in _inductor_aot._CHILD_CRASHED:
             pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED['cpu']}")
         raise
+    finally:
+        reset_settings()
+    yield net, ckpt
+
+
+def copy_of(ckpt: Path, tmp_path: Path) -> Path:
+    shutil.copy2(ckpt, tmp_path / ckpt.name)
+    shutil.copy2(sums_path(ckpt), sums_path(tmp_path / ckpt.name))
+    return tmp_path / ckpt.name
+
+
+@pytest.mark.slow
+def test_inductor_aot_rebuilt_unless_trusted(saved_aot: tuple[torch.nn.Module, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    net, source = saved_aot
+    ckpt = copy_of(source, tmp_path)
     manifest = json.loads(members(ckpt)[MANIFEST])
     assert first_sig(manifest)["artifact_runs_code"] is True
     assert any(name.startswith("modules/0/0/engine/") for name in members(ckpt))
@@ -350,6 +368,40 @@ def test_inductor_aot_rebuilt_unless_trusted(tmp_path: Path, monkeypatch: pytest
         trusted = ait.load(twin(net), ckpt, trust_native_code=True)
     assert "loaded in" in caplog.text and "rebuilt in" not in caplog.text
     assert_served(trusted, net)
+
+
+@pytest.mark.slow
+def test_a_planted_library_never_runs_whatever_the_manifest_says(saved_aot: tuple[torch.nn.Module, Path],
+                                                                 tmp_path: Path, payload: tuple[Path, Path],
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The author swaps the package's .so for one with a constructor, declares the artifact harmless
+    (`artifact_runs_code: false`) and loaded safely in this very environment, and reseals every hash: the
+    decision is the backend class's, so the package is rebuilt, never opened."""
+    from aitune.torch.backend import _inductor_aot
+
+    library, marker = payload
+    net, source = saved_aot
+    ckpt = copy_of(source, tmp_path)
+    package_name = "modules/0/0/engine/model.pt2"
+    forged = tmp_path / "forged.pt2"
+    forged.write_bytes(members(ckpt)[package_name])
+    plant(forged, library)
+    payload_is_live(forged, marker)
+
+    def declare_harmless(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+        files[package_name] = forged.read_bytes()
+        meta = json.loads(files["modules/0/0/engine/aitune_aot.json"])
+        meta["loaded_safely_in"] = _inductor_aot._environment()
+        files["modules/0/0/engine/aitune_aot.json"] = json.dumps(meta).encode()
+        first_sig(manifest)["artifact_runs_code"] = False
+
+    rewrite(ckpt, declare_harmless)
+    _inductor_aot._CHILD_LOADED.clear()
+    with caplog.at_level(logging.INFO, logger="aitune"):
+        m = ait.load(twin(net), ckpt)
+    assert not marker.exists(), "the planted library ran"
+    assert "rebuilt in" in caplog.text and "trust_native_code=True" in caplog.text
+    assert_served(m, net)
 
 
 # -- the sums file -------------------------------------------------------------------------------------------------
@@ -517,6 +569,194 @@ def test_not_a_checkpoint_is_refused(ckpt: Path, target: Any) -> None:
     ckpt.write_bytes(b"not a zip at all")
     reseal(ckpt)
     refused(target, ckpt, AIT, "not a readable checkpoint")
+
+
+# -- bounded reads -------------------------------------------------------------------------------------------------
+
+def _bomb(ckpt: Path, name: str, size: int) -> None:
+    """Add a listed member of `size` zero bytes, deflated (about 1000x), streamed so the test holds no copy."""
+    files = members(ckpt)
+    manifest = json.loads(files.pop(MANIFEST))
+    files.pop(name, None)
+    digest = hashlib.sha256()
+    block = bytes(1 << 20)
+    for _ in range(size // len(block)):
+        digest.update(block)
+    manifest["files"][name] = digest.hexdigest()
+    with zipfile.ZipFile(ckpt, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest))
+        for member, data in files.items():
+            zf.writestr(member, data)
+        with zf.open(name, "w", force_zip64=True) as out:
+            for _ in range(size // len(block)):
+                out.write(block)
+    reseal(ckpt)
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_inflated(ckpt: Path, target: Any) -> None:
+    import tracemalloc
+
+    _bomb(ckpt, "modules/0/0/engine/model.onnx.data", 512 << 20)
+    assert ckpt.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        error = refused(target, ckpt, AIT, "modules/0/0/engine/model.onnx.data", "archive_max_ratio", "zip bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"refusing the bomb took {peak / 2**20:.0f} MiB of memory"
+    assert error.path == ckpt
+
+
+def test_a_member_whose_header_lies_about_its_size_stops_there(ckpt: Path, target: Any) -> None:
+    """Headers say 1 KiB, the data inflates to 64 MiB: reading stops at the declared size (a CRC mismatch)."""
+    import tracemalloc
+
+    name = "modules/0/0/engine/model.onnx.data"
+    _bomb(ckpt, name, 64 << 20)
+    data = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as zf:
+        info = zf.getinfo(name)
+    for offset in _size_fields(data, info):
+        data[offset:offset + 8] = (1024).to_bytes(8, "little")
+    ckpt.write_bytes(bytes(data))
+    reseal(ckpt)
+    tracemalloc.start()
+    try:
+        refused(target, ckpt, AIT, name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB"
+
+
+def _size_fields(data: bytearray, info: zipfile.ZipInfo) -> list[int]:
+    """Offsets of the zip64 uncompressed-size fields of `info` (local header and central directory)."""
+    name = info.filename.encode()
+    found = []
+    start = 0
+    while (i := data.find(name, start)) != -1:
+        start = i + 1
+        for sig in (b"PK\x03\x04", b"PK\x01\x02"):
+            header = data.rfind(sig, 0, i)
+            if header == -1 or i - header not in (30, 46):
+                continue
+            extra_len = int.from_bytes(data[header + (28 if sig == b"PK\x03\x04" else 30):][:2], "little")
+            extra = i + len(name)
+            end = extra + extra_len
+            while extra + 4 <= end:
+                tag = int.from_bytes(data[extra:extra + 2], "little")
+                length = int.from_bytes(data[extra + 2:extra + 4], "little")
+                if tag == 1:  # zip64: uncompressed size first
+                    found.append(extra + 4)
+                extra += 4 + length
+    assert found, "no zip64 size field found"
+    return found
+
+
+def test_archive_limits_are_settings(ckpt: Path, target: Any) -> None:
+    from aitune.torch.config import config
+
+    config.archive_max_members = 2
+    refused(target, ckpt, AIT, "more than archive_max_members=2")
+    config.archive_max_members = 10_000
+    config.archive_max_member_bytes = 100
+    refused(target, ckpt, AIT, "archive_max_member_bytes")
+    config.archive_max_member_bytes = 32 << 30
+    ait.load(target, ckpt)  # within the defaults
+
+
+def test_a_bomb_inside_the_recorded_inputs_is_refused(ckpt: Path, target: Any, tmp_path: Path) -> None:
+    """inputs.pt is itself a zip (torch.save): it is held to the same limits before torch.load opens it."""
+    bomb = tmp_path / "inputs.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data/0", "w") as out:
+            for _ in range(256):
+                out.write(bytes(1 << 20))
+
+    def plant_bomb(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+        files["modules/0/0/inputs.pt"] = bomb.read_bytes()
+
+    rewrite(ckpt, plant_bomb)
+    refused(target, ckpt, AIT, "inputs.pt", "archive_max_ratio")
+
+
+# -- live confirmation -----------------------------------------------------------------------------------------
+
+def test_an_engine_matching_only_the_stored_inputs_is_dropped_on_a_live_call(
+        saved: tuple[torch.nn.Module, Path], ckpt: Path, target: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The author ships another model's engine and stored inputs on which both agree (zeros: only the bias
+    counts). The load check passes; the first live call finds it out, gets eager's result, and drops it."""
+    net, _ = saved
+    impostor = twin(net)
+    with torch.no_grad():
+        impostor.fc.weight.mul_(-3.0)
+    wrapped = ait.Module(impostor, NAME, strategy=one(ONNXRuntimeBackend()))
+    ait.tune(wrapped, dataset())
+    theirs = ait.save(wrapped, tmp_path / "impostor" / "x.ait")
+
+    def swap(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+        for name, data in members(theirs).items():
+            if "/engine/" in name:
+                files[name] = data
+        files["modules/0/0/inputs.pt"] = _torch_save({"args": [torch.zeros(8, 16)], "kwargs": {}})
+
+    rewrite(ckpt, swap)
+    ait.load(target, ckpt)
+    sig = only_sig(target)
+    assert sig.status == "tuned", "the stored inputs were chosen to pass the load check"
+    x = torch.randn(8, 16)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="aitune"):
+        torch.testing.assert_close(target(x), net(x), **TOL)
+        torch.testing.assert_close(target(x), net(x), **TOL)
+    assert sig.status == "eager" and sig.engine is None and "dropped on a live call" in (sig.reason or "")
+    assert "x.ait" in caplog.text and "differ from eager on a live call" in caplog.text
+
+
+def test_a_good_engine_serves_alone_after_its_live_confirmation(saved: tuple[torch.nn.Module, Path], ckpt: Path,
+                                                                target: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from aitune.torch._confirm import LiveCheck
+
+    net, _ = saved
+    ait.load(target, ckpt)
+    sig = only_sig(target)
+    assert isinstance(sig.engine, LiveCheck)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="aitune"):
+        for _ in range(global_config.confirm_calls + 1):
+            x = torch.randn(8, 16)
+            torch.testing.assert_close(target(x), net(x), **TOL)
+    assert sig.engine is not None and not isinstance(sig.engine, LiveCheck)
+    assert "matched eager on 3 live call(s)" in caplog.text
+
+
+def test_onnx_external_data_outside_the_model_is_never_read(saved: tuple[torch.nn.Module, Path], ckpt: Path,
+                                                           target: Any, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """An ONNX file whose weights point at another file of the user's (`../../..`): refused by our check, the
+    engine is rebuilt from the recorded inputs instead."""
+    import onnx
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(4096))
+
+    def point_outside(files: dict[str, bytes], manifest: dict[str, Any]) -> None:
+        name = "modules/0/0/engine/model.onnx"
+        model = onnx.load_from_string(files[name])
+        for init in model.graph.initializer:
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            del init.external_data[:]
+            init.external_data.add(key="location", value=f"../../../../../../../../..{secret}")
+        files[name] = model.SerializeToString()
+        files.pop("modules/0/0/engine/model.onnx.data", None)
+        manifest["files"].pop("modules/0/0/engine/model.onnx.data", None)
+
+    rewrite(ckpt, point_outside)
+    with caplog.at_level(logging.INFO, logger="aitune"):
+        m = ait.load(target, ckpt)
+    assert "not a file beside the model" in caplog.text and "rebuilding it" in caplog.text
+    assert_served(m, saved[0])
 
 
 # -- a checkpoint of another model -------------------------------------------------------------------------------

@@ -15,10 +15,12 @@ import torch  # noqa: F401  # isort: skip
 
 from aitune.torch import backend, tune_strategy
 from aitune.torch._api import tune
-from aitune.torch._checkpoint import CheckpointError, load, save
+from aitune.torch._checkpoint import load, save
 from aitune.torch._errors import (
     AITuneError,
     BackendUnavailableError,
+    CacheError,
+    CheckpointError,
     ConfigError,
     DuplicateBackendError,
     TuningError,
@@ -40,6 +42,7 @@ strategies = tune_strategy
 __all__ = [
     "AITuneError",
     "BackendUnavailableError",
+    "CacheError",
     "CheckpointError",
     "ConfigError",
     "DuplicateBackendError",

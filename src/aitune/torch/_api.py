@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from aitune.torch import _tuning
+from aitune.torch import _tuning, cache
 from aitune.torch._errors import AITuneError, TuningError, UsageError
 from aitune.torch._explicit import ModuleRuntime, Quiet, live_runtimes, release_samples
 from aitune.torch._module import runtime_of
 from aitune.torch._samples import SignatureRecord, first_device
+from aitune.torch._settings_sources import ensure_settings_loaded
 from aitune.torch.backend import Backend
-from aitune.torch.jit import _cache
 from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneOutcome, TuneStrategy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
     Raises UsageError when nothing can be tuned (no wrapper, empty dataset); a backend that fails never makes
     `tune` fail (its module stays eager) unless `aitune.torch.config.config.strict` is set.
     """
+    ensure_settings_loaded()
     if model_or_pipeline is None and func is None:
         raise UsageError("ait.tune needs a model or pipeline, or func=: ait.tune(model, dataset)")
     if dataset is None:
@@ -224,7 +225,7 @@ def tune_signature(rt: ModuleRuntime, sig: SignatureRecord, strategy: TuneStrate
                     ", ".join(b.describe() for b in backends) or "no backend")
         job = _tuning.make_job(rt.module, rt.name, sig, samples, device, backends, progress=SETTINGS.progress)
         with Quiet():
-            outcome = _tuning.run(job, chosen, _cache.store_from_config())
+            outcome = _tuning.run(job, chosen, cache.configured_store())
             reference = job.timing_sample() if outcome.winner is not None else None
     except Exception as e:
         error = e

@@ -54,7 +54,7 @@ def _compare_tensor(path: str, ref: torch.Tensor, out: Any, tolerances: dict[str
         raise _Mismatch(f"{path}: shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
     if out.device != ref.device:
         raise _Mismatch(f"{path}: device {out.device} differs from eager {ref.device}")
-    out = out.detach()
+    out, ref = out.detach(), ref.detach()
     if out.is_complex() or out.is_floating_point():
         rtol, atol = _tolerance(ref.dtype, tolerances, compute_dtype)
         r = ref.to(torch.float64) if not ref.is_complex() else ref

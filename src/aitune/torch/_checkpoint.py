@@ -9,17 +9,20 @@
     modules/<i>/<j>/engine/...    the saved engine of an AOT backend (ONNX file, TensorRT plan, AOTInductor package)
 
 `x_sha256_sums.txt` holds the sha256 of `x.ait` in `sha256sum` format, so `sha256sum -c x_sha256_sums.txt`
-works too. `load` checks it, then every member against the manifest, and refuses a tampered, truncated or
-mismatched checkpoint with a CheckpointError naming the file. Nothing in the file is executed: the manifest is
-JSON validated field by field, backends are looked up by registered name only, inputs are read with
-`torch.load(weights_only=True)`, and engines whose loading would run code from the file (AOTInductor's compiled
-library, Torch-TensorRT's pickled program) are rebuilt from the recorded inputs unless `trust_native_code=True`.
-Backend settings holding free-form options (Inductor config options, execution-provider options) can name a
-compiler or a library to run: they are refused unless `trust_native_code=True`.
-Loading is all or nothing: every module is checked and every engine loaded before any is installed.
+works too. `load` checks it, the archive's sizes against the configured bounds (`_archive`), then every member
+against the manifest, and refuses a tampered, truncated, oversized or mismatched checkpoint with a
+CheckpointError naming the file. Nothing in the file is executed: the manifest is JSON validated field by field,
+backends are looked up by registered name only, inputs are read with `torch.load(weights_only=True)`, and
+engines whose loading would run code (AOTInductor's compiled library, Torch-TensorRT's pickled program; the
+registered backend class says so, never the file) are rebuilt from the recorded inputs unless
+`trust_native_code=True`. Backend settings holding free-form options (Inductor config options,
+execution-provider options) can name a compiler or a library to run: they are refused unless
+`trust_native_code=True`. Loading is all or nothing: every module is checked and every engine loaded before any
+is installed.
 
-Every engine, loaded or rebuilt, is checked against the model's own eager outputs on the recorded inputs before
-it serves a call. Engines of JIT backends (torch.compile) are always rebuilt.
+Every engine, loaded or rebuilt, is checked against the model's own eager outputs on the recorded inputs, and,
+since those inputs came with the file, serves on probation until it has also matched eager on the first live
+calls (`_confirm`). Engines of JIT backends (torch.compile) are always rebuilt.
 
 Known limits: inputs that hold objects other than tensors, numbers, strings and plain containers cannot be
 stored safely, so such signatures are left out of the checkpoint (with a warning). A rebuilt AOT engine covers
@@ -43,12 +46,12 @@ import torch
 from pydantic import BaseModel
 
 from aitune.torch import _fingerprint, _tree, _tuning
+from aitune.torch._archive import check_zip_file
 from aitune.torch._checking import same_values
 from aitune.torch._checkpoint_format import (
     FORMAT,
     MANIFEST,
     VERSION,
-    CheckpointError,
     _Manifest,
     _ModuleEntry,
     _SignatureEntry,
@@ -56,8 +59,10 @@ from aitune.torch._checkpoint_format import (
     _verify_outer_hash,
     sums_path,
 )
-from aitune.torch._errors import UnknownBackendError
+from aitune.torch._confirm import on_probation
+from aitune.torch._errors import ArchiveError, CheckpointError, UnknownBackendError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, signature_key
+from aitune.torch._settings_sources import ensure_settings_loaded
 from aitune.torch.tune_strategy._base import check
 
 logger = logging.getLogger(__name__)
@@ -193,6 +198,7 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
     `trust_native_code=True` loads engines whose artifact is code (AOTInductor packages, Torch-TensorRT
     programs) instead of rebuilding them: only for checkpoints from a trusted source.
     """
+    ensure_settings_loaded()
     source = Path(path).expanduser().absolute()
     _verify_outer_hash(source)
     wrappers = dict(_wrappers(model_or_pipeline))
@@ -247,6 +253,10 @@ def _check_module(source: Path, entry: _ModuleEntry, module: torch.nn.Module) ->
 
 def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
     try:
+        check_zip_file(file)  # a torch.save file is a zip: bounded like the checkpoint itself
+    except ArchiveError as e:
+        raise CheckpointError(f"{source}: {e}", path=source) from None
+    try:
         data = torch.load(file, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{source}: {file.name} holds something other than plain tensor data; refusing it "
@@ -299,7 +309,8 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
         sig.observe(_tree.shapes_of(named))
         job = _tuning.make_job(module, entry.name, sig, [sample], first_device([sample]), [backend], progress=False)
         start = time.perf_counter()
-        can_load = sig_entry.artifact_dir is not None and (trust_native_code or not sig_entry.artifact_runs_code)
+        # Whether loading runs code is the registered class's property; the manifest's own claim is never read.
+        can_load = sig_entry.artifact_dir is not None and (trust_native_code or not type(backend).artifact_runs_code)
         if sig_entry.artifact_dir is not None and not can_load:
             logger.info("%s: rebuilding its %s engine instead of loading it: loading would run code from the "
                         "checkpoint (pass trust_native_code=True for a checkpoint you trust)", entry.name,
@@ -313,7 +324,7 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
             try:
                 shutil.copytree(unpacked / sig_entry.artifact_dir, kept, dirs_exist_ok=True)
                 with Busy():
-                    engine = backend.load(kept, module, sig, [sample], job.device)
+                    engine = backend.load(kept, module, sig, [sample], job.device, authenticated=False)
                 weakref.finalize(engine, shutil.rmtree, kept, True)
             except Exception as e:
                 shutil.rmtree(kept, ignore_errors=True)
@@ -343,6 +354,10 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
         sig.freeze_engine_range([sample])
     result.latency_ms = sig_entry.tuned_latency_ms
     sig.reference = sample
+    # The inputs checked above came with the file: the engine also has to match eager on live calls first.
+    assert result.engine is not None
+    result.engine = on_probation(result.engine, module, sig, job.confirm_calls, job.tolerances, name=entry.name,
+                                 origin=f"from {source.name}")
     return _Loaded(rt, sig, result, sig_entry.eager_latency_ms)
 
 

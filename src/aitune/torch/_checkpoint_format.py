@@ -8,7 +8,6 @@ paths, and every member's hash, before anything is unpacked for use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import zipfile
@@ -18,21 +17,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import aitune
-from aitune.torch._errors import AITuneError
+from aitune.torch._archive import Limits, check_members, extract_member
+from aitune.torch._errors import ArchiveError, CheckpointError
 from aitune.torch._fingerprint import file_sha256
 
 FORMAT: Literal["aitune-checkpoint"] = "aitune-checkpoint"
 VERSION = 1
 MANIFEST = "manifest.json"
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
-
-
-class CheckpointError(AITuneError):
-    """A checkpoint cannot be saved or loaded; `path` names the file."""
-
-    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
 
 
 class _Strict(BaseModel):
@@ -53,6 +45,8 @@ class _SignatureEntry(_Strict):
     kind: Literal["jit", "aot"]
     settings: dict[str, Any]
     artifact_dir: str | None
+    #: Informational only: whether the artifact runs code is decided by the registered backend class, never by
+    #: what a file says about itself.
     artifact_runs_code: bool
     eager_latency_ms: float | None
     tuned_latency_ms: float | None
@@ -108,23 +102,35 @@ def _safe_member(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name and ":" not in name
 
 
-def _read_member(zf: zipfile.ZipFile, source: Path, name: str, missing: str) -> bytes:
-    """A member's bytes; CheckpointError naming the file when it is absent (`missing`) or unreadable."""
-    try:
-        return zf.read(name)
-    except KeyError:
-        raise CheckpointError(f"{source}: {missing}", path=source) from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{source}: {name} is unreadable ({e})", path=source) from None
+#: The manifest is read into memory; it is JSON of a few kilobytes per module.
+_MAX_MANIFEST_BYTES = 64 << 20
 
 
 def _read_archive(source: Path, unpacked: Path) -> _Manifest:
+    """Check the archive's members against the size limits, then its manifest, then extract every member into
+    `unpacked` (streamed, hashed on the way) and check it against the manifest."""
     try:
         zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{source}: not a readable checkpoint archive ({e})", path=source) from None
     with zf:
-        raw = _read_member(zf, source, MANIFEST, f"no {MANIFEST} inside; not an aitune checkpoint")
+        infos = zf.infolist()
+        try:
+            check_members(source, infos, Limits.from_config())
+        except ArchiveError as e:
+            raise CheckpointError(str(e), path=source) from None
+        by_name = {i.filename: i for i in infos}
+        if len(by_name) != len(infos):
+            raise CheckpointError(f"{source}: holds two members of the same name", path=source)
+        info = by_name.get(MANIFEST)
+        if info is None:
+            raise CheckpointError(f"{source}: no {MANIFEST} inside; not an aitune checkpoint", path=source)
+        if info.file_size > _MAX_MANIFEST_BYTES:
+            raise CheckpointError(f"{source}: its {MANIFEST} is {info.file_size} bytes; refusing it", path=source)
+        try:
+            raw = zf.read(info)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{source}: {MANIFEST} is unreadable ({e})", path=source) from None
         try:
             data = json.loads(raw)
         except ValueError as e:
@@ -139,7 +145,7 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
             where = ".".join(str(x) for x in first.get("loc", ()))
             raise CheckpointError(f"{source}: {MANIFEST} is malformed at {where or 'top level'}: {first.get('msg')}",
                                   path=source) from None
-        members = set(zf.namelist()) - {MANIFEST}
+        members = set(by_name) - {MANIFEST}
         listed = set(manifest.files)
         if members - listed:
             raise CheckpointError(f"{source}: holds files its manifest does not list: "
@@ -147,12 +153,14 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
         for rel, digest in manifest.files.items():
             if not _safe_member(rel):
                 raise CheckpointError(f"{source}: refusing member path {rel!r}", path=source)
-            blob = _read_member(zf, source, rel, f"{rel} is listed but missing")
-            if hashlib.sha256(blob).hexdigest() != digest:
+            if rel not in by_name:
+                raise CheckpointError(f"{source}: {rel} is listed but missing", path=source)
+            try:
+                actual = extract_member(zf, by_name[rel], unpacked / rel)
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise CheckpointError(f"{source}: {rel} is unreadable ({e})", path=source) from None
+            if actual != digest:
                 raise CheckpointError(f"{source}: {rel} does not match its sha256 in {MANIFEST}", path=source)
-            out = unpacked / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(blob)
     for entry in manifest.modules:
         for sig in entry.signatures:
             for path in (sig.inputs_file, sig.artifact_dir):

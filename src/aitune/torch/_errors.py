@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -53,3 +54,29 @@ class UsageError(AITuneError, ValueError):
         super().__init__(message)
         self.obj = obj
         self.available = available
+
+
+class CheckpointError(AITuneError):
+    """A checkpoint cannot be saved or loaded; `path` names the file."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class CacheError(AITuneError):
+    """The persistent cache directory (or the key that signs its entries) cannot be used; `path` names the file
+    or directory at fault. JIT mode and `ait.tune` log it once and run without the cache."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class ArchiveError(AITuneError):
+    """A zip archive (a checkpoint, or an engine file inside one or in the cache) is over the configured limits
+    or unreadable; `path` names it."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None

@@ -30,6 +30,7 @@ from torch.compiler import is_dynamo_compiling
 
 from aitune.torch import _tree
 from aitune.torch._checking import same_values
+from aitune.torch._confirm import EngineRejected
 from aitune.torch._errors import AITuneError
 from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord, signature_key
 from aitune.torch.jit._runtime import Busy
@@ -257,6 +258,15 @@ class ModuleRuntime:
                 out = engine(*args, **kwargs)
             sig.engine_calls += 1
             return out
+        except EngineRejected as e:
+            # An engine from a checkpoint or the cache failed its live confirmation (logged there): this call
+            # already has eager's result; the signature runs eagerly until ait.tune runs again.
+            with self.lock:
+                self._drop(sig)
+                sig.status = "eager"
+                sig.reason = f"dropped on a live call: {e}"[:500]
+            self.settle()
+            return e.output
         except Exception as e:
             if _settings().strict:
                 raise

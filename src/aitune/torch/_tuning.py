@@ -2,7 +2,9 @@
 
 `run(job, strategy, cache)` asks the persistent cache first. A cached decision is reused only after its engine
 (loaded from disk for AOT backends, rebuilt for JIT ones) matched the eager outputs of this process's own
-samples; a cached "stays eager" is reused as is. Otherwise the strategy tunes, and its decision is stored.
+samples; it then serves on probation (`_confirm.LiveCheck`) until it has also matched eager on the first live
+calls, and a mismatch there forgets the entry. A cached "stays eager" is reused as is. Otherwise the strategy
+tunes, and its decision is stored.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from aitune.torch import _fingerprint
-from aitune.torch._errors import TuningError
+from aitune.torch._confirm import on_probation
+from aitune.torch._errors import CacheError, TuningError
 from aitune.torch.tune_strategy._base import TuneJob, TuneOutcome, TuneStrategy, check
 
 if TYPE_CHECKING:
@@ -38,7 +41,7 @@ def make_job(module: torch.nn.Module, name: str, signature: Any, samples: Sequen
                    min_speedup=float(global_config.min_speedup), warmup=int(global_config.timing_warmup),
                    iterations=int(global_config.timing_iterations),
                    max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
-                   progress=progress)
+                   progress=progress, confirm_calls=int(global_config.confirm_calls))
 
 
 def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
@@ -64,7 +67,7 @@ def _run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> Tun
         return strategy.tune(job)
     hit = _lookup(store, key, job.name)
     if hit is not None:
-        reused = _reuse(job, hit, _tried(job, strategy))
+        reused = _reuse(job, hit, _tried(job, strategy), forget=lambda: _forget(store, key))
         if reused is not None:
             return reused
         _forget(store, key)
@@ -121,8 +124,10 @@ def _forget(store: EngineStore, key: str) -> None:
         logger.debug("removing cache entry %s failed", key, exc_info=True)
 
 
-def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome | None:
-    """The cached decision, once its engine matched eager on this process's samples; None to tune again."""
+def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
+           forget: Callable[[], None]) -> TuneOutcome | None:
+    """The cached decision, once its engine matched eager on this process's samples; None to tune again. The
+    engine then serves on probation; `forget` drops the entry if a live call finds it wrong."""
     record = hit.record
     eager_ms = record.get("eager_latency_ms")
     if record.get("decision") == "eager":
@@ -141,7 +146,9 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome |
     try:
         if backend.kind == "aot" and engine_dir is not None:
             how = "loaded from the cache in"
-            engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device)
+            # The entry's signature verified: its files are what this user's aitune wrote.
+            engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device,
+                                  authenticated=True)
         else:
             how = "rebuilt (cached decision) in"
             with _in_process_compile():
@@ -159,8 +166,12 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend]) -> TuneOutcome |
                     backend.describe(), result.error)
         return None
     result.latency_ms = record.get("tuned_latency_ms")
-    logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)", job.name,
-                backend.describe(), hit.key[:12], len(job.samples))
+    assert result.engine is not None
+    result.engine = on_probation(result.engine, job.module, job.signature, job.confirm_calls, job.tolerances,
+                                 name=job.name, origin="from the cache", on_reject=forget)
+    logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)%s", job.name,
+                backend.describe(), hit.key[:12], len(job.samples),
+                f"; it is confirmed on the first {job.confirm_calls} live call(s)" if job.confirm_calls else "")
     return TuneOutcome(result, [result], eager_ms, cache="hit")
 
 
@@ -197,9 +208,13 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
         if backend is not None and backend.kind == "aot" and engine is not None:
             save = engine.save
     try:
-        published = store.publish(key, record, save)
-    except NotImplementedError:
-        published = store.publish(key, record, None)
+        try:
+            published = store.publish(key, record, save)
+        except NotImplementedError:
+            published = store.publish(key, record, None)
+    except CacheError as e:
+        logger.warning("%s", e)
+        return
     except Exception as e:
         logger.warning("aitune cache: storing the decision for %s failed (%s: %s)", job.name, type(e).__name__,
                        str(e)[:300])

@@ -88,7 +88,28 @@ class GlobalConfig(TrackedSettings):
         description="A candidate must be at least this many times faster than eager to be used "
                     "(below 1 accepts a slower engine, e.g. to force a backend).")
 
-    @field_validator("max_samples_bytes", mode="before")
+    confirm_calls: int = Field(
+        default=3, ge=0,
+        description="An engine that came from a file (the persistent cache or a checkpoint) serves calls only "
+                    "after its outputs matched eager on this many live calls of the process (each such call runs "
+                    "eagerly and the engine on copies of its inputs, and returns eager's result); 0 trusts the "
+                    "check on stored samples alone.")
+    archive_max_members: int = Field(
+        default=10_000, ge=1, description="A checkpoint or engine archive with more members is refused unopened.")
+    archive_max_member_bytes: int = Field(
+        default=32 << 30, ge=0,
+        description="A checkpoint or engine archive member that expands past this size is refused unopened.",
+        json_schema_extra={"accepted": "a byte count >= 0: an integer or a size such as 512MiB or 2GB"})
+    archive_max_bytes: int = Field(
+        default=64 << 30, ge=0,
+        description="A checkpoint or engine archive that expands past this size in all is refused unopened.",
+        json_schema_extra={"accepted": "a byte count >= 0: an integer or a size such as 512MiB or 2GB"})
+    archive_max_ratio: float = Field(
+        default=100.0, ge=1.0,
+        description="A checkpoint or engine archive member (over 1 MiB) or archive that expands more than this "
+                    "many times its compressed size is refused unopened (a zip bomb).")
+
+    @field_validator("max_samples_bytes", "archive_max_member_bytes", "archive_max_bytes", mode="before")
     @classmethod
     def _parse_bytes(cls, value: Any) -> Any:
         return parse_byte_size(value) if isinstance(value, str) else value

@@ -64,8 +64,9 @@ class Backend(abc.ABC):
     #: True when its engines hold their own copy of the weights (see `Engine.bakes_weights`): such backends are
     #: not tried again for a module whose weights changed in place under one of their engines.
     bakes_weights: ClassVar[bool] = False
-    #: True when loading a saved artifact runs code from it (a compiled shared library, a pickle). Checkpoints
-    #: then rebuild such engines instead of loading them, unless the user trusts the file.
+    #: True when loading a saved artifact runs code from it (a compiled shared library, a pickle). A property of
+    #: the class, never read from a file: checkpoints rebuild such engines instead of loading them unless the
+    #: user passes `trust_native_code=True`, and the persistent cache loads them only from signed entries.
     artifact_runs_code: ClassVar[bool] = False
 
     def __init__(self, config: BackendConfig | None = None, **options: Any) -> None:
@@ -114,11 +115,15 @@ class Backend(abc.ABC):
         """
 
     def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
-             device: torch.device) -> Engine:
+             device: torch.device, *, authenticated: bool = False) -> Engine:
         """Load an engine that `Engine.save` wrote into `directory` (AOT backends only).
 
         `samples` are recorded in the loading process (their eager outputs give the output structure); the
-        caller checks the loaded engine against them before it serves a call.
+        caller checks the loaded engine against them before it serves a call. `authenticated`: the files were
+        written by this user's aitune and their signature verified (a persistent-cache entry), so metadata in them
+        may be relied on; a checkpoint's files are not (loading decides nothing on what they say about
+        themselves). Whether loading may run code from the files is the class's `artifact_runs_code`, decided by
+        the caller before it calls `load`.
         """
         raise NotImplementedError(f"{self.name} is a {self.kind.upper()} backend: its engines are rebuilt, not loaded")
 

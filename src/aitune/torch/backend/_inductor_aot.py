@@ -48,6 +48,7 @@ import torch
 from pydantic import Field, field_validator
 
 from aitune.torch import _tree
+from aitune.torch._archive import check_zip_file
 from aitune.torch._errors import TuningError
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
@@ -284,7 +285,7 @@ class TorchInductorAotBackend(Backend):
             raise
 
     def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
-             device: torch.device) -> Engine:
+             device: torch.device, *, authenticated: bool = False) -> Engine:
         directory = Path(directory)
         package, meta_path = directory / _PACKAGE_FILE, directory / _META_FILE
         if not package.is_file() or not meta_path.is_file():
@@ -306,7 +307,9 @@ class TorchInductorAotBackend(Backend):
         if problem is not None:
             raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
                               f"to rebuild", backend=self.name)
-        if meta.get("loaded_safely_in") == _environment():
+        check_zip_file(package)
+        if authenticated and meta.get("loaded_safely_in") == _environment():
+            # Our own signed note (a cache entry) that a package loaded safely here; a checkpoint's is ignored.
             _CHILD_LOADED.add(device.type)
         return _AotEngine(_load_safely(package, device), layout, meta, package, None)
 

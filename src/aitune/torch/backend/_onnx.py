@@ -46,3 +46,38 @@ def export_onnx(module: torch.nn.Module, samples: Sequence[Sample], path: Path, 
         torch.onnx.export(flat_module, example, str(path), **kwargs)
     logger.debug("exported %s to %s: inputs %s", type(module).__name__, path, io.describe_inputs())
     return io
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose external-data references leave its own directory (an absolute path, `..`, a
+    link): loading it would read any file the process can read into the model's weights."""
+    import onnx
+
+    root = path.parent.resolve()
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = root / location
+        if (not location or Path(location).is_absolute() or ".." in Path(location).parts
+                or target.is_symlink() or root not in target.resolve().parents or not target.is_file()):
+            raise ValueError(f"refusing {path.name}: not a file beside the model: tensor {tensor.name!r} reads "
+                             f"its data from {location!r}")
+
+
+def _all_tensors(graph: Any) -> list[Any]:
+    """Every TensorProto of a graph: initializers, sparse initializers and node attributes, subgraphs included."""
+    found = list(graph.initializer)
+    for sparse in graph.sparse_initializer:
+        found += [sparse.values, sparse.indices]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                found.append(attr.t)
+            found += list(attr.tensors)
+            if attr.HasField("g"):
+                found += _all_tensors(attr.g)
+            for sub in attr.graphs:
+                found += _all_tensors(sub)
+    return found

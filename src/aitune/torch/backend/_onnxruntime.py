@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._flat import FlatIO
-from aitune.torch.backend._onnx import export_onnx
+from aitune.torch.backend._onnx import check_external_data, export_onnx
 from aitune.torch.backend._optional import missing_reason, require
 
 _MODEL_FILE = "model.onnx"
@@ -187,8 +187,9 @@ class ONNXRuntimeBackend(Backend):
             raise
 
     def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
-             device: torch.device) -> Engine:
+             device: torch.device, *, authenticated: bool = False) -> Engine:
         path = Path(directory) / _MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {_MODEL_FILE} in {directory}")
+        check_external_data(path)
         return _OrtEngine(self._session(path, device), FlatIO.from_samples(samples, module.forward), device, Path(directory), None)

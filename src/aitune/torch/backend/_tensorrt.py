@@ -416,7 +416,7 @@ class TensorRTBackend(Backend):
             raise
 
     def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
-             device: torch.device) -> Engine:
+             device: torch.device, *, authenticated: bool = False) -> Engine:
         directory = Path(directory)
         if not (directory / PLAN_FILE).is_file() or not (directory / META_FILE).is_file():
             raise FileNotFoundError(f"no {PLAN_FILE} and {META_FILE} in {directory}")

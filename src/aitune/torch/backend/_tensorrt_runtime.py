@@ -117,6 +117,10 @@ def deserialize(trt: Any, plan: bytes, device: torch.device) -> tuple[Any, Any]:
     """(runtime, engine) from a serialized plan. The runtime is returned because it must outlive the engine."""
     log = trt_logger(trt)
     runtime = trt.Runtime(log)
+    if hasattr(runtime, "engine_host_code_allowed"):
+        # A version-compatible plan can carry host code (a lean runtime) that TensorRT runs only when this is on:
+        # a plan is loaded as data, never as code (it is TensorRT's default; set so that no caller turns it on).
+        runtime.engine_host_code_allowed = False
     errors = log.errors
     errors.clear()
     with torch.cuda.device(device):

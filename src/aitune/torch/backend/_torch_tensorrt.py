@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import torch
 from pydantic import AliasChoices, Field, JsonValue, PlainValidator, WrapSerializer, field_validator, model_validator
 
+from aitune.torch._archive import check_zip_file
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._inductor import _CompiledEngine, autocast_for, compile_on_samples, entry_point
@@ -455,7 +456,7 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
         return _TorchTensorRTEngine(compiled, io, cfg.ir, ranges, device, cfg.pickle_protocol)
 
     def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
-             device: torch.device) -> Engine:
+             device: torch.device, *, authenticated: bool = False) -> Engine:
         trt = _torch_tensorrt(self.name)
         directory = Path(directory)
         meta_path = directory / _META_FILE
@@ -472,6 +473,7 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
                              f"{meta.get('outputs')} outputs; these samples have {len(io.input_names)} and "
                              f"{len(io.output_names)}")
         path = directory / _ARTIFACTS[ir]
+        check_zip_file(path)
         loaded: Any
         if ir == "ts":
             loaded = torch.jit.load(str(path), map_location=device)

@@ -1,61 +1,145 @@
-"""The persistent cache of tuning decisions and saved engines (JIT mode, `AITUNE_JIT_CACHE_DIR`).
+"""The persistent cache of tuning decisions and saved engines (`AITUNE_JIT_CACHE_DIR`).
 
 When the same script runs again, each module's tuned engine is reused instead of tuned again: engines of AOT
-backends are loaded from disk, those of JIT backends (torch.compile) rebuilt with PyTorch's compile caches warm,
-and every reused engine is checked against eager on the new process's first samples before it serves a call.
+backends are loaded from disk, those of JIT backends (torch.compile) rebuilt, and every reused engine is checked
+against eager on the new process's first samples, then confirmed on its first live calls, before it serves one.
 
-List and clear it from code (`entries()`, `clear()`) or from the shell:
+The cache is trusted only as far as its directory is: it must be the user's own (not writable by others),
+marked as an aitune cache, and every entry is signed with a per-user secret kept outside it (see
+`aitune.torch.cache._directory` and the README's "Trust and the cache"). A directory that fails those checks is
+refused with one warning, and the script runs without the cache.
+
+List, clear and adopt it from code (`entries()`, `clear()`, `adopt()`) or from the shell:
 
     python -m aitune.torch.cache list [--dir DIR] [--verify]
     python -m aitune.torch.cache clear [--dir DIR]
+    python -m aitune.torch.cache adopt [--dir DIR]     # trust a cache directory made on another machine
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
-from aitune.torch._errors import ConfigError
+from aitune.torch._errors import CacheError, ConfigError
+from aitune.torch.cache._directory import default_secret_file, load_secret, open_directory
 from aitune.torch.cache._store import CacheEntryInfo, EngineStore
+
+logger = logging.getLogger(__name__)
+
+
+def _config() -> object:
+    from aitune.torch._settings_sources import ensure_settings_loaded
+    from aitune.torch.jit.config import config
+
+    ensure_settings_loaded()
+    return config
 
 
 def directory(path: str | os.PathLike[str] | None = None) -> Path:
-    """The cache directory: `path`, else `AITUNE_JIT_CACHE_DIR` (or `config.cache_dir` set from code)."""
+    """The cache directory: `path`, else the configured `cache_dir` (`AITUNE_JIT_CACHE_DIR`)."""
     if path is not None:
         return Path(path).expanduser().absolute()
-    from aitune.torch.jit.config import config
-
-    if config.cache_dir is not None:
-        return Path(config.cache_dir)
-    env = os.environ.get("AITUNE_JIT_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser().absolute()
-    raise ConfigError("no cache directory: pass one, or set AITUNE_JIT_CACHE_DIR", field="cache_dir")
+    configured = getattr(_config(), "cache_dir", None)
+    if configured is None:
+        raise ConfigError("no cache directory: pass one, or set AITUNE_JIT_CACHE_DIR", field="cache_dir")
+    return Path(configured)
 
 
-def _store_at(path: str | os.PathLike[str] | None) -> EngineStore:
-    from aitune.torch.jit.config import config
+def _secret_file() -> Path:
+    configured = getattr(_config(), "cache_secret_file", None)
+    return Path(configured) if configured is not None else default_secret_file()
 
-    return EngineStore(directory(path), int(config.cache_max_bytes))
+
+def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = False,
+               need_secret: bool = False) -> EngineStore:
+    """The store in `path` (default: the configured directory), checked as the module docstring says.
+
+    `create`: make (and mark) the directory when it is missing or empty. `need_secret`: fail when the signing
+    secret cannot be read (else entries can be listed and removed, but none verifies). Raises CacheError.
+    """
+    root = open_directory(directory(path), create=create)
+    try:
+        secret: bytes | None = load_secret(_secret_file(), root, create=create or need_secret)
+    except CacheError:
+        if need_secret:
+            raise
+        secret = None
+    max_bytes = int(getattr(_config(), "cache_max_bytes", 10 << 30))
+    return EngineStore(root, max_bytes, secret)
+
+
+class _Opened:
+    """The configured store of this process, opened once per setting; a refusal is warned about once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stores: dict[tuple[Path, int, Path], EngineStore | None] = {}
+
+    def get(self) -> EngineStore | None:
+        config = _config()
+        root = getattr(config, "cache_dir", None)
+        if root is None:
+            return None
+        key = (Path(root), int(getattr(config, "cache_max_bytes")), _secret_file())
+        with self._lock:
+            if key in self._stores:
+                store = self._stores[key]
+                return store if store is None or store.disabled is None else None
+            try:
+                store = open_store(root, create=True, need_secret=True)
+            except CacheError as e:
+                logger.warning("not using the cache: %s. The script runs without the cache.",
+                               str(e).rstrip("."))
+                store = None
+            self._stores[key] = store
+            return store
+
+    def reset(self) -> None:
+        with self._lock:
+            self._stores.clear()
+
+
+_OPENED = _Opened()
+
+
+def configured_store() -> EngineStore | None:
+    """The store of the configured cache directory (made and marked if missing), or None when the cache is off or
+    the directory cannot be used (logged once)."""
+    return _OPENED.get()
+
+
+def reset() -> None:
+    """Forget the stores opened by this process (for tests)."""
+    _OPENED.reset()
 
 
 def entries(path: str | os.PathLike[str] | None = None, *, verify: bool = False) -> list[CacheEntryInfo]:
-    """The cached decisions, most recently used first. `verify` also checks every file's sha256."""
-    return _store_at(path).entries(verify=verify)
+    """The cached decisions, most recently used first. `verify` also checks every signature and file hash."""
+    return open_store(path).entries(verify=verify)
 
 
 def clear(path: str | os.PathLike[str] | None = None) -> int:
-    """Delete every cached decision and engine, and PyTorch's compile caches kept there. Returns how many
-    entries were deleted."""
-    return _store_at(path).clear()
+    """Delete every cached decision and engine (only what aitune wrote). Returns how many entries were deleted."""
+    return open_store(path).clear()
 
 
 def evict(path: str | os.PathLike[str] | None = None, max_bytes: int | None = None) -> list[str]:
     """Evict least-recently-used entries until the cache fits `max_bytes` (default: `config.cache_max_bytes`)."""
-    store = _store_at(path)
+    store = open_store(path)
     if max_bytes is not None:
         store.max_bytes = int(max_bytes)
     return store.evict()
 
 
-__all__ = ["CacheEntryInfo", "clear", "directory", "entries", "evict"]
+def adopt(path: str | os.PathLike[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Sign every intact entry of a cache directory made elsewhere (another machine or user) with your secret, so
+    that this user's runs load it. Only for a directory whose origin you trust: its engines run as native code.
+    Returns (signed keys, [(key, why it was left unsigned)])."""
+    return open_store(path, need_secret=True, create=False).resign()
+
+
+__all__ = ["CacheEntryInfo", "adopt", "clear", "configured_store", "directory", "entries", "evict", "open_store",
+           "reset"]

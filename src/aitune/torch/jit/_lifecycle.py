@@ -8,7 +8,8 @@ import sys
 import threading
 from typing import Any
 
-from aitune.torch.jit import _cache, _hook, _report, _tracker, _tuner
+from aitune.torch import cache
+from aitune.torch.jit import _hook, _report, _tracker, _tuner
 from aitune.torch.jit._settings import SETTINGS
 
 logger = logging.getLogger("aitune")
@@ -56,8 +57,8 @@ def enable_jit_tuning() -> bool:
         _setup_logging(str(config.log_level))  # so warnings raised while loading are seen
         load_jit_config()
         _setup_logging(str(config.log_level))
-        if config.cache_dir is not None:
-            _cache.use_torch_compile_caches(config.cache_dir)
+        # Opened now so that an unusable cache directory is reported (once) before the script runs.
+        store = cache.configured_store()
         _hook.install()
         if not _state["atexit"]:
             atexit.register(_report.at_exit)
@@ -65,8 +66,8 @@ def enable_jit_tuning() -> bool:
         if _write_report_quietly not in _tuner.DECISION_LISTENERS:
             _tuner.DECISION_LISTENERS.append(_write_report_quietly)
     backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"
-    cache = f"; cache {config.cache_dir}" if config.cache_dir is not None else ""
-    logger.info("JIT tuning enabled (mode %s, backends: %s%s)", SETTINGS.mode, backends, cache)
+    where = f"; cache {store.root}" if store is not None else ""
+    logger.info("JIT tuning enabled (mode %s, backends: %s%s)", SETTINGS.mode, backends, where)
     return True
 
 

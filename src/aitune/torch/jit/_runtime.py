@@ -14,6 +14,7 @@ import torch
 
 from aitune.torch import _tree
 from aitune.torch._checking import same_values
+from aitune.torch._confirm import EngineRejected
 from aitune.torch._errors import AITuneError
 from aitune.torch._samples import Sample, SignatureRecord, signature_key
 from aitune.torch.jit import _tracker
@@ -131,6 +132,16 @@ def _run_engine(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module, 
             out = engine(*args, **kwargs)
         sig.engine_calls += 1
         return out
+    except EngineRejected as e:
+        # An engine from the cache failed its live confirmation (logged there, entry forgotten): this call already
+        # has eager's result; the signature is recorded and tuned afresh.
+        with LOCK:
+            _tracker.drop_engine(sig)
+            _tracker.release_samples(sig)
+            sig.status = "recording"
+            sig.calls = 0
+            sig.cache = "rejected"
+        return e.output
     except Exception as e:
         if SETTINGS.strict:
             raise

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from aitune.torch import _tuning
+from aitune.torch import _tuning, cache
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import SignatureRecord, first_device
 from aitune.torch.backend import Backend
 from aitune.torch.backend._defaults import default_backends
-from aitune.torch.jit import _cache, _tracker
+from aitune.torch.jit import _tracker
 from aitune.torch.jit._runtime import Busy
 from aitune.torch.jit._settings import SETTINGS
 from aitune.torch.jit._tracker import LOCK, ModuleState, release_samples
@@ -112,7 +112,7 @@ def _run_strategy(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module
     logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", st.name, device, len(samples), shapes,
                 strategy.describe(), ", ".join(b.describe() for b in backends))
     job = _tuning.make_job(module, st.name, sig, samples, device, backends, progress=SETTINGS.progress)
-    return _tuning.run(job, strategy, _cache.store_from_config())
+    return _tuning.run(job, strategy, cache.configured_store())
 
 
 def _commit(st: ModuleState, sig: SignatureRecord, outcome: TuneOutcome | None, error: BaseException | None) -> None:

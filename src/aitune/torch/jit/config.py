@@ -154,9 +154,16 @@ class JITConfig(TrackedSettings):
     cache_dir: Path | None = Field(
         default=None,
         description="Directory of the persistent cache: each module's decision and saved engine are reused by "
-                    "later runs of the same script instead of tuning again; PyTorch's compile caches go there too. "
+                    "later runs of the same script instead of tuning again. It must be yours and not writable by "
+                    "others; aitune uses a new or empty directory (and marks it) or one it marked before. "
                     "Unset: no persistent cache.",
         json_schema_extra={"accepted": "a directory path (created if missing), or empty for no cache"})
+    cache_secret_file: Path | None = Field(
+        default=None,
+        description="The per-user secret that signs cache entries (created on first use, mode 0600; it must lie "
+                    "outside the cache directory). Unset: ~/.config/aitune/cache-secret (under XDG_CONFIG_HOME "
+                    "when that is set).",
+        json_schema_extra={"accepted": "a file path, or empty for the default"})
     cache_max_bytes: int = Field(
         default=10 << 30, ge=0,
         description="Size budget of the cache's saved engines; least recently used entries are evicted past it.",
@@ -228,7 +235,7 @@ class JITConfig(TrackedSettings):
             return Path(value).expanduser().absolute()
         return value
 
-    @field_validator("cache_dir", mode="before")
+    @field_validator("cache_dir", "cache_secret_file", mode="before")
     @classmethod
     def _parse_cache_dir(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

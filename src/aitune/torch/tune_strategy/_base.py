@@ -48,6 +48,8 @@ class TuneJob:
     max_seconds: float = 2.0
     strict: bool = False
     progress: bool = True
+    #: Live calls an engine from a file is shadowed on before it serves alone (see `_confirm`).
+    confirm_calls: int = 0
     _eager_ms: float | None = field(default=None, repr=False)
 
     def timing_sample(self) -> Sample:
