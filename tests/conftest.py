@@ -34,13 +34,17 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     yield
     from aitune.torch import cache
-    from aitune.torch.jit import _hook, _runtime, _tracker
+    from aitune.torch._signature import _record, _route
+    from aitune.torch.backend import _defaults, _inductor_aot
+    from aitune.torch.jit import _hook, _tracker
 
     cache.reset()
-
+    _defaults.reset()
+    _inductor_aot.reset()
     _hook.uninstall()
     _tracker.reset()
-    _runtime._warned.clear()
-    from aitune.torch._settings_sources import reset_settings
+    _route.reset()
+    _record.reset()
+    from aitune.torch._settings._sources import reset_settings
 
     reset_settings()

@@ -9,8 +9,8 @@ import torch
 
 import aitune.torch as ait
 from aitune.torch import cache
-from aitune.torch._module import runtime_of
-from aitune.torch._tuning import make_job, run
+from aitune.torch._explicit._module import runtime_of
+from aitune.torch._signature._decide import make_job, run
 from aitune.torch.backend import TorchInductorJitBackend
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy

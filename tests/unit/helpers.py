@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 import zipfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch

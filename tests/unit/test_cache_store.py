@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aitune.torch import _fingerprint, _tuning, cache
+from aitune.torch import _fingerprint, cache
+from aitune.torch._signature import _decide, _reuse
 from aitune.torch.backend import ONNXRuntimeBackend, TorchEagerBackend, TorchInductorJitBackend
-from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE, MAC_FILE, EngineStore
 from aitune.torch.cache.__main__ import main as cache_cli
+from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE, MAC_FILE, EngineStore
 from aitune.torch.tune_strategy import HighestThroughputStrategy
 from tests.unit.helpers import record
 
@@ -203,8 +204,8 @@ class _Net(torch.nn.Module):
 
 def _key(net: torch.nn.Module, backends: list, shapes: tuple[int, ...] = (2, 4)) -> str:
     sig, samples = record(net, [((torch.randn(*shapes),), {})])
-    job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), backends)
-    return _tuning.digest(_tuning.key_fields(job, HighestThroughputStrategy()))
+    job = _decide.make_job(net, "Net", sig, samples, torch.device("cpu"), backends)
+    return _reuse.digest(_reuse.key_fields(job, HighestThroughputStrategy()))
 
 
 def test_key_changes_with_everything_that_changes_an_engine() -> None:
@@ -227,8 +228,8 @@ def test_key_changes_with_everything_that_changes_an_engine() -> None:
 def test_key_covers_library_versions_and_device() -> None:
     net = _Net()
     sig, samples = record(net, [((torch.randn(2, 4),), {})])
-    job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
-    fields = _tuning.key_fields(job, HighestThroughputStrategy())
+    job = _decide.make_job(net, "Net", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
+    fields = _reuse.key_fields(job, HighestThroughputStrategy())
     assert fields["libraries"]["torch"] == torch.__version__ and "onnxruntime" in fields["libraries"]
     assert fields["device"] == _fingerprint.device_model(torch.device("cpu"))
 
@@ -271,7 +272,7 @@ def test_weights_digest_costs_one_pass_per_tensor_version() -> None:
 
 @pytest.mark.parametrize("strategy", ["one_backend", "fastest"])
 def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) -> None:
-    """Through `_tuning.run`, as JIT mode and ait.tune call it: the second lookup reuses the decision, whether the
+    """Through `_decide.run`, as JIT mode and ait.tune call it: the second lookup reuses the decision, whether the
     strategy brings its own backend object or tries the job's."""
     from aitune.torch.config import config as global_config
     from aitune.torch.tune_strategy import OneBackendStrategy
@@ -285,8 +286,8 @@ def test_shared_tuning_step_stores_then_reuses(tmp_path: Path, strategy: str) ->
         sig, samples = record(net, [((x,), {})] * 3)
         chosen = (OneBackendStrategy(ONNXRuntimeBackend()) if strategy == "one_backend"
                   else HighestThroughputStrategy())
-        job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
-        outcomes.append(_tuning.run(job, chosen, store))
+        job = _decide.make_job(net, "Net", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
+        outcomes.append(_decide.run(job, chosen, store))
     assert [o.cache for o in outcomes] == ["stored", "hit"]
     reused = outcomes[1].winner
     assert reused is not None and reused.ok and reused.engine is not None
@@ -303,8 +304,8 @@ def test_a_library_version_change_is_a_miss(tmp_path: Path, monkeypatch: pytest.
 
     def tune_once() -> str | None:
         sig, samples = record(net, [((torch.randn(2, 4),), {})] * 3)
-        job = _tuning.make_job(net, "Net", sig, samples, torch.device("cpu"), [TorchEagerBackend()])
-        return _tuning.run(job, HighestThroughputStrategy(), store).cache
+        job = _decide.make_job(net, "Net", sig, samples, torch.device("cpu"), [TorchEagerBackend()])
+        return _decide.run(job, HighestThroughputStrategy(), store).cache
 
     assert tune_once() == "stored"
     assert tune_once() == "hit"
@@ -316,7 +317,7 @@ def test_a_library_version_change_is_a_miss(tmp_path: Path, monkeypatch: pytest.
 
 def test_explicit_tune_uses_the_cache_too(tmp_path: Path) -> None:
     import aitune.torch as ait
-    from aitune.torch._module import runtime_of
+    from aitune.torch._explicit._module import runtime_of
     from aitune.torch.config import config as global_config
     from aitune.torch.jit.config import config as jit_config
 

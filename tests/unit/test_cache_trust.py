@@ -12,20 +12,20 @@ import logging
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from aitune.torch import _fingerprint, _tuning, cache
+from aitune.torch import _fingerprint, cache
 from aitune.torch._errors import CacheError
+from aitune.torch._signature import _decide
 from aitune.torch.backend import Backend, Engine, ONNXRuntimeBackend, TorchInductorAotBackend
 from aitune.torch.cache import _directory, _store
 from aitune.torch.cache.__main__ import main as cache_cli
-from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE, MAC_FILE
+from aitune.torch.cache._store import ENGINE_DIR, ENTRY_FILE
 from aitune.torch.config import config as global_config
 from aitune.torch.jit.config import config as jit_config
 from aitune.torch.tune_strategy import OneBackendStrategy
@@ -195,8 +195,8 @@ def test_an_unusable_directory_is_one_warning_and_no_cache(tmp_path: Path, where
             "not_a_directory": tmp_path / "file"}[where]
     jit_config.cache_dir = path
     with caplog.at_level(logging.WARNING, logger="aitune"):
-        assert cache.configured_store() is None
-        assert cache.configured_store() is None
+        assert cache.configured_store(jit_config) is None
+        assert cache.configured_store(jit_config) is None
     warnings = [r for r in caplog.records if "not using the cache" in r.getMessage()]
     assert len(warnings) == 1 and str(path) in warnings[0].getMessage(), caplog.text
     assert (tmp_path / "file").read_text() == "x"
@@ -210,7 +210,7 @@ def test_a_read_only_directory_is_one_warning_and_no_cache(tmp_path: Path, caplo
     try:
         jit_config.cache_dir = root
         with caplog.at_level(logging.WARNING, logger="aitune"):
-            assert cache.configured_store() is None
+            assert cache.configured_store(jit_config) is None
         assert "not writable" in caplog.text and str(root) in caplog.text
     finally:
         root.chmod(0o700)
@@ -228,9 +228,9 @@ def test_a_failing_write_disables_the_cache_for_the_process(tmp_path: Path, monk
 
     monkeypatch.setattr(_store, "_write_synced", full)
     sig, samples = record(net, [((torch.randn(2, 8),), {})] * 3)
-    job = _tuning.make_job(net, "Block", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
+    job = _decide.make_job(net, "Block", sig, samples, torch.device("cpu"), [ONNXRuntimeBackend()])
     with caplog.at_level(logging.WARNING, logger="aitune"):
-        outcome = _tuning.run(job, OneBackendStrategy(ONNXRuntimeBackend()), store)
+        outcome = _decide.run(job, OneBackendStrategy(ONNXRuntimeBackend()), store)
     assert outcome.winner is not None and outcome.winner.engine is not None
     assert "No space left on device" in caplog.text and "running without the cache" in caplog.text
     assert store.disabled is not None and store.lookup("a" * 64) is None
@@ -294,7 +294,7 @@ def test_an_unsafe_secret_is_refused(tmp_path: Path, problem: str, caplog: pytes
     jit_config.cache_dir = root
     jit_config.cache_secret_file = secret
     with caplog.at_level(logging.WARNING, logger="aitune"):
-        assert cache.configured_store() is None
+        assert cache.configured_store(jit_config) is None
     assert fragment in caplog.text and str(secret) in caplog.text, caplog.text
 
 
@@ -302,8 +302,8 @@ def test_an_unsafe_secret_is_refused(tmp_path: Path, problem: str, caplog: pytes
 
 def _tune(net: torch.nn.Module, x: torch.Tensor, backend: object, store: _store.EngineStore) -> object:
     sig, samples = record(net, [((x,), {})] * 3)
-    job = _tuning.make_job(net, "Block", sig, samples, torch.device("cpu"), [backend])  # type: ignore[list-item]
-    return _tuning.run(job, OneBackendStrategy(backend), store)  # type: ignore[arg-type]
+    job = _decide.make_job(net, "Block", sig, samples, torch.device("cpu"), [backend])  # type: ignore[list-item]
+    return _decide.run(job, OneBackendStrategy(backend), store)  # type: ignore[arg-type]
 
 
 def _rehash(entry: Path) -> None:
@@ -323,7 +323,7 @@ def test_a_self_consistent_forged_onnx_entry_is_never_loaded(tmp_path: Path, cap
     net, other = Block(8).eval(), Block(8).eval()
     x = torch.randn(2, 8)
     store = made_store(tmp_path / "c")
-    assert getattr(_tune(net, x, ONNXRuntimeBackend(), store), "cache") == "stored"
+    assert _tune(net, x, ONNXRuntimeBackend(), store).cache == "stored"
     [entry] = store.entries()
     forged_dir = tmp_path / "forged"
     forged_dir.mkdir()
@@ -335,9 +335,9 @@ def test_a_self_consistent_forged_onnx_entry_is_never_loaded(tmp_path: Path, cap
     _rehash(entry.path)
     with caplog.at_level(logging.WARNING, logger="aitune"):
         outcome = _tune(net, x, ONNXRuntimeBackend(), store)
-    assert getattr(outcome, "cache") == "stored", "the forged entry must be replaced by a fresh tuning"
+    assert outcome.cache == "stored", "the forged entry must be replaced by a fresh tuning"
     assert "not loading" in caplog.text and str(entry.path) in caplog.text and "signature" in caplog.text
-    winner = getattr(outcome, "winner")
+    winner = outcome.winner
     with torch.no_grad():
         torch.testing.assert_close(winner.engine(x), net(x))
 
@@ -358,8 +358,8 @@ def test_a_forged_aotinductor_entry_never_runs_its_library(tmp_path: Path, paylo
     x = torch.randn(4, 8)
     store = made_store(tmp_path / "c")
     first = _tune(net, x, TorchInductorAotBackend(), store)
-    if getattr(first, "winner") is None:
-        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED}")
+    if first.winner is None:
+        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot.CHILD_LOADS.crashed}")
     [entry] = store.entries()
     package = entry.path / ENGINE_DIR / "model.pt2"
     plant(package, library)
@@ -370,12 +370,12 @@ def test_a_forged_aotinductor_entry_never_runs_its_library(tmp_path: Path, paylo
     _rehash(entry.path)
     payload_is_live(package, marker)
 
-    _inductor_aot._CHILD_LOADED.clear()
+    _inductor_aot.reset()
     with caplog.at_level(logging.WARNING, logger="aitune"):
         second = _tune(net, x, TorchInductorAotBackend(), store)
     assert not marker.exists(), "the planted library ran"
     assert "not loading" in caplog.text and str(entry.path) in caplog.text
-    assert getattr(second, "cache") == "stored"
+    assert second.cache == "stored"
 
 
 def test_adopt_signs_a_cache_made_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,7 +385,7 @@ def test_adopt_signs_a_cache_made_elsewhere(tmp_path: Path, monkeypatch: pytest.
     x = torch.randn(2, 8)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other-machine"))
     elsewhere = made_store(tmp_path / "made-elsewhere")
-    assert getattr(_tune(net, x, ONNXRuntimeBackend(), elsewhere), "cache") == "stored"
+    assert _tune(net, x, ONNXRuntimeBackend(), elsewhere).cache == "stored"
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "this-machine"))
     shutil.copytree(tmp_path / "made-elsewhere", tmp_path / "copied", symlinks=True)
@@ -394,7 +394,7 @@ def test_adopt_signs_a_cache_made_elsewhere(tmp_path: Path, monkeypatch: pytest.
     assert here.lookup(entry.key) is None, "a cache signed with another secret must not load"
     assert cache_cli(["adopt", "--dir", str(tmp_path / "copied")]) == 0
     assert here.lookup(entry.key) is not None
-    assert getattr(_tune(net, x, ONNXRuntimeBackend(), here), "cache") == "hit"
+    assert _tune(net, x, ONNXRuntimeBackend(), here).cache == "hit"
 
 
 class _Touch:
@@ -444,12 +444,12 @@ def test_a_pickle_payload_planted_in_an_entry_is_never_unpickled(tmp_path: Path,
     net = Block(8).eval()
     x = torch.randn(2, 8)
     store = made_store(tmp_path / "c")
-    assert getattr(_tune(net, x, PickleLoadingBackend(), store), "cache") == "stored"
+    assert _tune(net, x, PickleLoadingBackend(), store).cache == "stored"
     [entry] = store.entries()
     (entry.path / ENGINE_DIR / "program.pkl").write_bytes(pickle.dumps(_Touch(marker)))
     _rehash(entry.path)
     with caplog.at_level(logging.WARNING, logger="aitune"):
-        assert getattr(_tune(net, x, PickleLoadingBackend(), store), "cache") == "stored"
+        assert _tune(net, x, PickleLoadingBackend(), store).cache == "stored"
     assert not marker.exists(), "the planted pickle was loaded"
     assert "not loading" in caplog.text and str(entry.path) in caplog.text
 
@@ -460,3 +460,159 @@ def test_a_pickle_payload_planted_in_an_entry_is_never_unpickled(tmp_path: Path,
     store.resign()
     _tune(net, x, PickleLoadingBackend(), store)
     assert marker.exists(), "the payload is not live; this test would prove nothing"
+
+
+# -- found by trying to break it (red-team round) --------------------------------------------------------------------
+
+@pytest.mark.skipif(not ROOT, reason="giving a parent directory to another user needs root")
+def test_a_cache_whose_parent_another_user_owns_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a parent can rename the cache away and put theirs in its place between aitune's checks and
+    its reads (the race a red-team run used to load a planted library from a signed-looking cache)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    made_store(shared / "cache")
+    os.chown(shared, 65534, 65534)
+    with pytest.raises(CacheError, match=r"lies in .*shared, which belongs to .*uid 65534") as info:
+        made_store(shared / "cache")
+    assert info.value.path == shared
+
+
+def test_a_cache_whose_parent_others_can_write_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    made_store(shared / "cache")
+    shared.chmod(0o777)
+    with pytest.raises(CacheError, match=r"lies in .*shared, which has mode 0777.*chmod go-w"):
+        made_store(shared / "cache")
+    shared.chmod(0o1777)  # like /tmp: nobody else can rename what is not theirs
+    made_store(shared / "cache")
+
+
+def test_a_tilde_path_of_no_user_is_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from aitune.torch._settings._sources import load_settings
+
+    monkeypatch.setenv("AITUNE_JIT_CACHE_DIR", "~nosuchuser-aitune/cache")
+    load_settings()  # not a configuration error: the cache is unusable, the script runs
+    with caplog.at_level(logging.WARNING, logger="aitune"):
+        assert cache.configured_store(jit_config) is None
+    assert "~nosuchuser-aitune" in caplog.text and "cannot expand" in caplog.text
+    assert not any(tmp_path.iterdir()) and not Path("~nosuchuser-aitune").exists()
+    assert cache_cli(["list", "--dir", "~nosuchuser-aitune/c"]) == 2
+    assert "cannot expand" in capsys.readouterr().err
+
+
+def test_the_secret_is_never_made_inside_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "c"
+    made_store(root)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(root))
+    jit_config.cache_dir = root
+    with caplog.at_level(logging.WARNING, logger="aitune"):
+        assert cache.configured_store(jit_config) is None
+    assert "would lie inside the cache directory" in caplog.text
+    assert sorted(p.name for p in root.iterdir()) == [".aitune-cache", "CACHEDIR.TAG"], "nothing may be created"
+
+
+def test_a_relative_config_home_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", ".")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _directory.default_secret_file() == tmp_path / "home" / ".config" / "aitune" / "cache-secret"
+
+
+def test_a_readable_secret_says_others_can_read_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    secret = tmp_path / "keys" / "secret"
+    secret.parent.mkdir(mode=0o700)
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o644)
+    jit_config.cache_dir = tmp_path / "c"
+    jit_config.cache_secret_file = secret
+    with caplog.at_level(logging.WARNING, logger="aitune"):
+        assert cache.configured_store(jit_config) is None
+    assert "others can read it" in caplog.text and "chmod 600" in caplog.text
+
+
+def test_an_entry_holding_a_link_never_breaks_listing_or_eviction(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store = made_store(tmp_path / "c")
+
+    def save(directory: Path) -> None:
+        (directory / "model.bin").write_bytes(b"w" * 100)
+
+    store.publish("a" * 64, {"module": "m"}, save)
+    (store.entries_dir / ("a" * 64) / ENGINE_DIR / "link").symlink_to("/etc/hostname")
+    assert [e.valid for e in store.entries()] == [False]
+    store.max_bytes = 1
+    assert store.publish("b" * 64, {"module": "n"}, save), "a bad entry must not stop publishing"
+    assert cache_cli(["list", "--dir", str(tmp_path / "c")]) == 0
+    assert "INVALID" in capsys.readouterr().out
+    assert cache_cli(["evict", "--dir", str(tmp_path / "c"), "--max-bytes", "0"]) == 0
+    assert Path("/etc/hostname").exists()
+
+
+def test_overlapping_members_are_refused_before_inflating(tmp_path: Path) -> None:
+    """One deflate stream quoted by two central-directory entries: the second's data overlaps the first's."""
+    from aitune.torch._archive import Limits, check_zip_file
+    from aitune.torch._errors import ArchiveError
+
+    path = tmp_path / "overlap.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a", bytes(4 << 20))
+    data = bytearray(path.read_bytes())
+    start = data.find(b"PK\x01\x02")
+    end = data.find(b"PK\x05\x06")
+    record = bytes(data[start:end])
+    twin = record.replace(b"a", b"b", 1) if record.endswith(b"a") else record[:-1] + b"b"
+    eocd = bytearray(data[end:])
+    count = int.from_bytes(eocd[10:12], "little") + 1
+    eocd[8:10] = eocd[10:12] = count.to_bytes(2, "little")
+    eocd[12:16] = (len(record) * 2).to_bytes(4, "little")
+    path.write_bytes(bytes(data[:end]) + twin + bytes(eocd))
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["a", "b"], "the crafted archive should list both members"
+    limits = Limits(max_members=10, max_member_bytes=1 << 30, max_bytes=1 << 30, max_ratio=10_000)
+    with pytest.raises(ArchiveError, match="overlaps the next one"):
+        check_zip_file(path, limits)
+
+
+def test_a_crashing_package_from_a_file_does_not_stop_this_process_building(monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
+    from aitune.torch._errors import TuningError
+    from aitune.torch.backend import _inductor_aot
+
+    monkeypatch.setattr(_inductor_aot, "_CHILD_LOAD", "import os; os.abort()")
+    package = tmp_path / "model.pt2"
+    package.write_bytes(b"not loaded here")
+    with pytest.raises(TuningError, match="killed a test process"):
+        _inductor_aot._load_safely(package, torch.device("cpu"), built_here=False)
+    assert _inductor_aot.CHILD_LOADS.crash_reason("cpu") is None
+
+
+def test_external_data_in_functions_and_sparse_constants_is_checked(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from aitune.torch.backend._onnx import check_external_data
+
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(bytes(16))
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+
+    def external(name: str) -> TensorProto:
+        t = helper.make_tensor(name, TensorProto.FLOAT, [4], [0.0] * 4)
+        t.ClearField("float_data")
+        t.data_location = TensorProto.EXTERNAL
+        t.external_data.add(key="location", value=f"../{outside.name}")
+        return t
+
+    const = helper.make_node("Constant", [], ["c"], value=external("w"))
+    function = helper.make_function("custom", "F", [], ["c"], [const], [helper.make_opsetid("", 17)])
+    call = helper.make_node("F", [], ["y"], domain="custom")
+    graph = helper.make_graph([call], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, functions=[function],
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    onnx.save_model(model, str(model_dir / "model.onnx"))
+    with pytest.raises(ValueError, match="not a file beside the model"):
+        check_external_data(model_dir / "model.onnx")

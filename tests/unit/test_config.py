@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aitune.torch import _settings_sources
 from aitune.torch._errors import ConfigError
+from aitune.torch._settings import _sources as _settings_sources
 from aitune.torch.backend import TorchEagerBackend, TorchInductorJitBackend
 from aitune.torch.config import DEFAULT_TOLERANCES, GlobalConfig, load_global_config
 from aitune.torch.config import config as global_config

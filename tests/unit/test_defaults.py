@@ -19,8 +19,8 @@ def _names(device: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_log_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_defaults, "_reported", set())
+def _fresh_log_memory() -> None:
+    _defaults.reset()
 
 
 def test_cpu_defaults_are_inductor_and_onnxruntime_when_installed() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import aitune.torch as ait
-from aitune.torch._module import ModuleRuntime, runtime_of
+from aitune.torch._explicit._module import ModuleRuntime, runtime_of
 from aitune.torch.backend import ONNXRuntimeBackend, TorchEagerBackend, TorchInductorJitBackend
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy

@@ -34,13 +34,13 @@ def _skip_where_loading_packages_crashes(monkeypatch: pytest.MonkeyPatch, reques
 
     if request.node.name == "test_a_package_that_crashes_its_loader_is_rejected_not_loaded":
         return
-    if "cpu" in _inductor_aot._CHILD_CRASHED:
-        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot._CHILD_CRASHED['cpu']}")
+    if _inductor_aot.CHILD_LOADS.crash_reason("cpu"):
+        pytest.skip(f"this torch cannot load AOTInductor packages: {_inductor_aot.CHILD_LOADS.crash_reason('cpu')}")
     load, child_code = _inductor_aot._load_safely, _inductor_aot._CHILD_LOAD
 
-    def load_or_skip(package: Path, device: torch.device) -> Any:
+    def load_or_skip(package: Path, device: torch.device, **kwargs: Any) -> Any:
         try:
-            return load(package, device)
+            return load(package, device, **kwargs)
         except TuningError as e:
             if "killed a test process" in str(e) and _inductor_aot._CHILD_LOAD == child_code:
                 pytest.skip(f"this torch cannot load AOTInductor packages: {e}")
@@ -269,14 +269,13 @@ def test_a_package_that_crashes_its_loader_is_rejected_not_loaded(monkeypatch: p
     rejects the candidate with the exit status, and this process goes on."""
     from aitune.torch.backend import _inductor_aot
 
-    monkeypatch.setattr(_inductor_aot, "_CHILD_LOADED", set())
-    monkeypatch.setattr(_inductor_aot, "_CHILD_CRASHED", {})
+    _inductor_aot.reset()
     monkeypatch.setattr(_inductor_aot, "_CHILD_LOAD", "import os; os.abort()")
     package = tmp_path / "model.pt2"
     package.write_bytes(b"not loaded here")
     with pytest.raises(TuningError, match=r"killed a test process \(exit -6"):
         _inductor_aot._load_safely(package, torch.device("cpu"))
-    assert _inductor_aot._CHILD_LOADED == set()
+    assert _inductor_aot.CHILD_LOADS.loaded == set()
     # Later candidates for that device type are rejected at once, without compiling another package.
     net = Net(width=8)
     sig, samples = _record(net, [((torch.randn(2, 8),), {})])

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from aitune.torch import _samples
 from aitune.torch._errors import TuningError
+from aitune.torch._signature import _record
 from aitune.torch.config import config as global_config
-from aitune.torch.jit import _report, _runtime, _tracker, enable_jit_tuning
+from aitune.torch.jit import _report, _tracker, enable_jit_tuning
 from aitune.torch.jit.config import config as jit_config
 
 from .helpers import FakeBackend, Net
@@ -254,7 +256,7 @@ def test_hook_failure_runs_eagerly_and_strict_raises(fake: None, monkeypatch: py
     def broken(*_: object) -> object:
         raise RuntimeError("bug in aitune")
 
-    monkeypatch.setattr(_runtime, "signature_key", broken)
+    monkeypatch.setattr(_samples, "signature_key", broken)
     with torch.no_grad():
         torch.testing.assert_close(net(x), eager(net, x))
         global_config.strict = True
@@ -395,4 +397,4 @@ def test_collected_module_frees_its_engine_and_stays_in_the_report() -> None:
     assert ref() is None  # neither aitune's table nor the engine keeps the module alive
     entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
     assert entry["state"] == "tuned" and entry["calls"] == 3
-    assert _tracker.SAMPLE_BYTES[0] == 0
+    assert _record.BUDGET.used == 0

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from aitune.torch._errors import BackendUnavailableError
+from aitune.torch._errors import BackendUnavailableError, TensorRTBuildError
 from aitune.torch.backend import _optional
 from aitune.torch.backend import _tensorrt_runtime as rt
 from aitune.torch.backend._flat import FlatIO
@@ -28,15 +28,14 @@ from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._tensorrt import (
     TensorRTBackend,
     TensorRTBackendConfig,
-    TensorRTBuildError,
     build_plan,
     configure_builder,
     parse_onnx,
     tensorrt_library,
     trt_logger,
 )
+from aitune.torch.backend._tensorrt_profiles import ProfileMode, TensorRTProfile, derive_profiles
 from aitune.torch.backend._tensorrt_runtime import EngineMeta, TensorRTEngine
-from aitune.torch.backend.tensorrt import ProfileMode, TensorRTProfile, derive_profiles
 
 from .helpers import Net, record
 
@@ -168,12 +167,8 @@ def test_modelopt_quantized_graphs_build(trt: Any, exported: tuple, tmp_path: Pa
     pytest.importorskip("modelopt.onnx.quantization", reason="needs nvidia-modelopt with its ONNX extras")
     import onnx
 
-    from aitune.torch.backend._quantization import (
-        ONNXQuantizationConfig,
-        TorchQuantizationConfig,
-        quantize_and_export,
-        quantize_onnx,
-    )
+    from aitune.torch.backend._quantization import ONNXQuantizationConfig, TorchQuantizationConfig, quantize_onnx
+    from aitune.torch.backend._tensorrt import quantize_and_export
 
     path, io, samples = exported
     int8 = quantize_onnx(path, tmp_path / "int8.onnx", ONNXQuantizationConfig(

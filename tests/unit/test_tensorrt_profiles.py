@@ -21,8 +21,8 @@ from aitune.torch.backend._quantization import (
     describe_quantization,
 )
 from aitune.torch.backend._tensorrt import TensorRTBackend, TensorRTBackendConfig
+from aitune.torch.backend._tensorrt_profiles import ProfileMode, TensorRTProfile, derive_profiles, uncovered_shape_sets
 from aitune.torch.backend._tensorrt_runtime import EngineMeta, select_profile
-from aitune.torch.backend.tensorrt import ProfileMode, TensorRTProfile, derive_profiles, uncovered_shape_sets
 
 from .helpers import Net, record
 
@@ -229,8 +229,7 @@ def test_example_override_files_load(monkeypatch: pytest.MonkeyPatch) -> None:
     from pathlib import Path
 
     from aitune.torch._errors import ConfigError
-    from aitune.torch.backend import ONNXAutoCastConfig, TensorRTBackend, TorchInductorJitBackend
-    from aitune.torch.backend import _optional
+    from aitune.torch.backend import ONNXAutoCastConfig, TensorRTBackend, TorchInductorJitBackend, _optional
     from aitune.torch.jit.config import config, load_jit_config
 
     configs = Path(__file__).resolve().parents[2] / "configs"

@@ -2,10 +2,23 @@
 
 Explicit API: `ait.Module(module)` marks a module, `ait.tune(model, dataset)` records and tunes the marked
 modules, `ait.inspect(pipeline, dataset)` shows where time goes and `ait.wrap(pipeline, modules)` marks modules
-by attribute path.
+by attribute path; `ait.save` / `ait.load` ship tuned engines.
 JIT mode (zero code): `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, see `aitune.torch.jit`.
 Backends: `aitune.torch.backend`; strategies: `aitune.torch.tune_strategy`; global settings:
 `aitune.torch.config.config`.
+
+Where things live:
+- The fail-open policy: `_signature/_route.py` (`FAIL_OPEN`), used by both fronts: aitune's own failure warns once
+  and the call runs eagerly; strict mode raises.
+- The sample cap: `_signature/_record.py` (`BUDGET`), one process-wide byte budget for the samples of both fronts.
+- Winner installation: `_signature/_decide.py` (`decide` and `commit`): the winner is installed on the signature,
+  or it stays eager with the reason, for JIT mode and `ait.tune` alike.
+- The explicit API: `_explicit/` (`ait.Module`, `ait.tune`, `ait.inspect`, `ait.wrap`, `ait.save`, `ait.load`),
+  re-exported here.
+- JIT mode: `jit/` (discovery and hierarchy, the per-call glue, the top-down walk, report, the hook).
+- Below both fronts: `_signature/` (one input signature's life), `backend/`, `tune_strategy/`, `cache/`,
+  `_settings/` (sources, scopes by registration), and the helpers `_samples`, `_tree`, `_checking`, `_timing`,
+  `_fingerprint`, `_archive`, `_units`, `_errors` (every public error).
 """
 
 # torch first, before any submodule of ours starts importing: under AUTOWRAPT_BOOTSTRAP the JIT hook fires when
@@ -14,8 +27,6 @@ Backends: `aitune.torch.backend`; strategies: `aitune.torch.tune_strategy`; glob
 import torch  # noqa: F401  # isort: skip
 
 from aitune.torch import backend, tune_strategy
-from aitune.torch._api import tune
-from aitune.torch._checkpoint import load, save
 from aitune.torch._errors import (
     AITuneError,
     BackendUnavailableError,
@@ -27,9 +38,11 @@ from aitune.torch._errors import (
     UnknownBackendError,
     UsageError,
 )
-from aitune.torch._inspect import InspectResult, inspect
-from aitune.torch._module import Module
-from aitune.torch._wrap import wrap
+from aitune.torch._explicit._api import tune
+from aitune.torch._explicit._checkpoint import load, save
+from aitune.torch._explicit._inspect import InspectResult, inspect
+from aitune.torch._explicit._module import Module
+from aitune.torch._explicit._wrap import wrap
 from aitune.torch.tune_strategy import (
     FirstWinsStrategy,
     HighestThroughputStrategy,

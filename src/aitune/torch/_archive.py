@@ -3,8 +3,9 @@
 
 Before anything is extracted or handed to a loader, the archive's central directory is checked against the
 limits: the number of members, each member's and the total uncompressed size, and the compression ratio of every
-member larger than `RATIO_FLOOR_BYTES` and of the whole archive. A zip bomb (a small file that expands to
-gigabytes) is refused there, before a byte is inflated. Extraction then streams each member to disk in blocks,
+member larger than `RATIO_FLOOR_BYTES` and of the whole archive against its size on disk; members whose data
+overlap are refused. A zip bomb (a small file that expands to gigabytes, with members of their own or quoting
+one shared stream) is refused there, before a byte is inflated. Extraction then streams each member to disk in blocks,
 hashing as it goes, and never holds a whole member in memory; `zipfile` stops inflating a member at the size its
 header declares, so a header that lies about its size cannot expand past the checked limit.
 
@@ -18,8 +19,10 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aitune.torch._errors import ArchiveError
+from aitune.torch._units import human_bytes
 
 #: Members smaller than this are not held to the ratio limit (small JSON files compress well legitimately).
 RATIO_FLOOR_BYTES = 1 << 20
@@ -34,50 +37,63 @@ class Limits:
     max_ratio: float
 
     @classmethod
-    def from_config(cls) -> Limits:
-        from aitune.torch.config import config
-
-        return cls(int(config.archive_max_members), int(config.archive_max_member_bytes),
-                   int(config.archive_max_bytes), float(config.archive_max_ratio))
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    def of(cls, settings: Any) -> Limits:
+        """The limits set in `settings` (the global settings, `aitune.torch.config.config`)."""
+        return cls(int(settings.archive_max_members), int(settings.archive_max_member_bytes),
+                   int(settings.archive_max_bytes), float(settings.archive_max_ratio))
 
 
-def check_members(path: Path, infos: list[zipfile.ZipInfo], limits: Limits) -> None:
-    """Raise ArchiveError when the archive's declared members exceed `limits` (nothing is read)."""
+def check_members(path: Path, infos: list[zipfile.ZipInfo], limits: Limits, archive_bytes: int,
+                  directory_offset: int | None = None) -> None:
+    """Raise ArchiveError when the archive's declared members exceed `limits`, or overlap (nothing is inflated).
+
+    `archive_bytes` is the archive file's size: the ratio of the whole is taken against it, not against the sum of
+    the declared compressed sizes, which overlapping members (one deflate stream quoted by many headers) inflate.
+    `directory_offset`: where the central directory starts, which no member's data may reach.
+    """
     hint = "raise the limit (AITUNE_ARCHIVE_MAX_*) only for a file you trust"
+    _check_no_overlap(path, infos, directory_offset)
     if len(infos) > limits.max_members:
         raise ArchiveError(f"{path}: holds {len(infos)} members, more than archive_max_members="
                            f"{limits.max_members}; refusing to open it ({hint})", path=path)
-    total = compressed = 0
+    total = 0
     for info in infos:
         size = info.file_size
         if size > limits.max_member_bytes:
-            raise ArchiveError(f"{path}: member {info.filename} expands to {_size(size)}, more than "
-                               f"archive_max_member_bytes={_size(limits.max_member_bytes)}; refusing it ({hint})",
+            raise ArchiveError(f"{path}: member {info.filename} expands to {human_bytes(size)}, more than "
+                               f"archive_max_member_bytes={human_bytes(limits.max_member_bytes)}; refusing it ({hint})",
                                path=path)
         if size > RATIO_FLOOR_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
             ratio = size / max(info.compress_size, 1)
-            raise ArchiveError(f"{path}: member {info.filename} expands {ratio:.0f}x ({_size(info.compress_size)} "
-                               f"to {_size(size)}), more than archive_max_ratio={limits.max_ratio:g}; this is how a "
-                               f"zip bomb looks, refusing it ({hint})", path=path)
+            raise ArchiveError(f"{path}: member {info.filename} expands {ratio:.0f}x "
+                               f"({human_bytes(info.compress_size)} to {human_bytes(size)}), more than "
+                               f"archive_max_ratio={limits.max_ratio:g}; this is how a zip bomb looks, refusing it "
+                               f"({hint})", path=path)
         total += size
-        compressed += info.compress_size
     if total > limits.max_bytes:
-        raise ArchiveError(f"{path}: expands to {_size(total)} in all, more than archive_max_bytes="
-                           f"{_size(limits.max_bytes)}; refusing it ({hint})", path=path)
-    if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(compressed, 1):
-        raise ArchiveError(f"{path}: expands {total / max(compressed, 1):.0f}x in all, more than "
-                           f"archive_max_ratio={limits.max_ratio:g}; refusing it ({hint})", path=path)
+        raise ArchiveError(f"{path}: expands to {human_bytes(total)} in all, more than archive_max_bytes="
+                           f"{human_bytes(limits.max_bytes)}; refusing it ({hint})", path=path)
+    if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
+        raise ArchiveError(f"{path}: expands {total / max(archive_bytes, 1):.0f}x in all "
+                           f"({human_bytes(archive_bytes)} to {human_bytes(total)}), more than "
+                           f"archive_max_ratio={limits.max_ratio:g}; this is how a zip bomb looks, refusing it "
+                           f"({hint})", path=path)
 
 
-def check_zip_file(path: Path, limits: Limits | None = None) -> None:
+def _check_no_overlap(path: Path, infos: list[zipfile.ZipInfo], directory_offset: int | None) -> None:
+    """Each member's header and data must end before the next member (or the central directory) begins."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    ends = [i.header_offset for i in ordered[1:]] + ([directory_offset] if directory_offset is not None else [None])
+    for info, limit in zip(ordered, ends):
+        # 30 bytes of local header and the name come before the data (the local extra field may add more).
+        data_end = info.header_offset + 30 + len(info.filename.encode()) + info.compress_size
+        if limit is not None and data_end > limit:
+            raise ArchiveError(f"{path}: member {info.filename} overlaps the next one; a well-formed archive never "
+                               f"does (overlapping members are how some zip bombs are built). Refusing it.",
+                               path=path)
+
+
+def check_zip_file(path: Path, limits: Limits) -> None:
     """Check a zip-format file before a loader opens it. A file that is not a zip passes (the loader decides)."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
@@ -85,9 +101,17 @@ def check_zip_file(path: Path, limits: Limits | None = None) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            directory_offset = getattr(zf, "start_dir", None)
     except (zipfile.BadZipFile, OSError) as e:
         raise ArchiveError(f"{path}: not a readable zip archive ({e})", path=path) from None
-    check_members(path, infos, limits or Limits.from_config())
+    check_members(path, infos, limits, path.stat().st_size, directory_offset)
+
+
+def check_engine_dir(directory: Path, limits: Limits) -> None:
+    """Check every zip-format file of an engine directory (as a loader would open it) against `limits`."""
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            check_zip_file(path, limits)
 
 
 def extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out: Path) -> str:

@@ -16,7 +16,6 @@ import torch
 
 from aitune.torch import _tree
 
-
 #: With the relative-L2 rule, no element may differ by more than this many rtol of the tensor's max magnitude.
 OUTLIER_FACTOR = 10.0
 

@@ -46,6 +46,10 @@ class TuningError(AITuneError):
         self.detail = detail
 
 
+class TensorRTBuildError(AITuneError, RuntimeError):
+    """Parsing the ONNX model or building the TensorRT engine failed; the message carries TensorRT's own."""
+
+
 class UsageError(AITuneError, ValueError):
     """An argument of the explicit API (`ait.tune`, `ait.wrap`, `ait.inspect`) cannot be used; the message says
     what to pass instead. `obj` is the offending argument; `available` lists what exists, where that helps."""

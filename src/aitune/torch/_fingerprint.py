@@ -11,6 +11,7 @@ engine is still checked against eager on the process's own samples before it ser
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import threading
@@ -91,7 +92,7 @@ def _named_weights(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 def _extra_repr(module: torch.nn.Module) -> str:
     try:
         return module.extra_repr()
-    except Exception:
+    except Exception:  # a user extra_repr that fails: the forward code and parameters still key the structure
         return "?"
 
 
@@ -148,28 +149,24 @@ def device_model(device: torch.device) -> str:
     return f"{device.type}|{_cpu_model()}"
 
 
-_CPU: list[str] = []
-
-
+@functools.cache
 def _cpu_model() -> str:
-    if not _CPU:
-        import platform
+    import platform
 
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        try:
-            capability = torch.backends.cpu.get_cpu_capability()
-        except Exception:
-            capability = "?"
-        _CPU.append(f"{name}|{platform.machine()}|{capability}")
-    return _CPU[0]
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # an older torch without the query: the model name alone then keys the device
+        capability = "?"
+    return f"{name}|{platform.machine()}|{capability}"
 
 
 _VERSION_PACKAGES = ("torch", "aitune", "triton", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu",
@@ -192,3 +189,22 @@ def library_versions() -> dict[str, str]:
         found["torch"] = torch.__version__
         _VERSIONS.update(found)
     return dict(_VERSIONS)
+
+
+def weights_state(module: torch.nn.Module) -> tuple[tuple[Any, ...], int]:
+    """(identity, storage, dtype, device and shape of every parameter and buffer), and the sum of their version
+    counters: cheap enough to compare on a tuned call. Versions only grow, so a changed sum means some tensor was
+    modified in place; changed identities mean weights were replaced, moved or cast."""
+    ids: list[Any] = []
+    versions = 0
+    for t in _live_weights(module):
+        ids.append((id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape)))
+        versions += t._version
+    return tuple(ids), versions
+
+
+def _live_weights(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    for b in module.buffers():
+        if b is not None:
+            yield b

@@ -2,20 +2,28 @@
 
 A call's inputs are normalized against forward's parameters (so `m(x)` and `m(input=x)` are one signature),
 then keyed by structure, dtypes, devices, ranks, grad mode and plain values. Sizes are not part of the key:
-each signature learns the range of every dimension from all its calls.
+each signature learns the range of every dimension from all its calls. A `SignatureTable` holds the signatures
+of one module (JIT mode's tracked module, or an `ait.Module`); a `SignatureRecord` is one of them, with its
+samples, its engine and its `SignatureStatus`.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from aitune.torch import _tree
+
+logger = logging.getLogger(__name__)
+
+#: The life of one input signature: recorded, then tuned (served by an engine) or left eager.
+SignatureStatus = Literal["recording", "tuning", "tuned", "eager"]
 
 
 class InputNormalizer:
@@ -77,8 +85,7 @@ class SignatureRecord:
     calls: int = 0
     samples: list[Sample] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: "recording" -> "tuning" -> "tuned" | "eager"
-    status: str = "recording"
+    status: SignatureStatus = "recording"
     engine: Any = field(default=None, repr=False)
     #: The Backend object that built `engine` (for saving it).
     backend_obj: Any = field(default=None, repr=False)
@@ -112,6 +119,17 @@ class SignatureRecord:
         return cls(key=key, description=description, min_shapes=[list(s) for s in shapes],
                    max_shapes=[list(s) for s in shapes])
 
+    def install_engine(self, result: Any, eager_latency_ms: float | None) -> None:
+        """Serve this signature with the accepted candidate `result` (a `CandidateResult`) from now on, in the
+        range the caller set (`freeze_engine_range`), else the range observed so far."""
+        if result.engine is None:
+            raise ValueError(f"{result.backend} has no engine to install")
+        with self.lock:
+            if self.engine_range is None:
+                self.engine_range = ([list(s) for s in self.min_shapes], [list(s) for s in self.max_shapes])
+            self.take_engine(result)
+            self.eager_latency_ms = eager_latency_ms
+
     def take_engine(self, result: Any) -> None:
         """Serve this signature with an accepted candidate (a `CandidateResult`) from now on."""
         self.engine = result.engine
@@ -121,6 +139,12 @@ class SignatureRecord:
         self.tuned_latency_ms = result.latency_ms
         self.reason = None
         self.status = "tuned"
+
+    def count_out_of_range(self, name: str) -> None:
+        """A tuned call whose shapes lie outside the engine's range (it runs eagerly); logged the first time."""
+        self.out_of_range_calls += 1
+        if self.out_of_range_calls == 1:
+            logger.info("%s: shapes outside the tuned range, running eagerly", name)
 
     def observe(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """Count a call with these tensor sizes (`_tree.shapes_of`) and widen the ranges (caller holds `lock`)."""
@@ -180,6 +204,45 @@ class SignatureRecord:
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
                 "cache": self.cache, "inputs": inputs, "candidates": self.candidates}
+
+
+class SignatureTable:
+    """The input signatures of one module, keyed as `signature_key` keys them."""
+
+    def __init__(self, forward: Any) -> None:
+        self.normalizer = InputNormalizer(forward)
+        self.records: dict[Any, SignatureRecord] = {}
+        #: Calls looked up (recorded, routed, or run eagerly while tracked).
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def lookup(self, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+               ) -> tuple[SignatureRecord, tuple[tuple[int, ...], ...]]:
+        """The signature of this call (made on its first call) and the call's tensor shapes, counted."""
+        named = self.normalizer.normalize(args, kwargs)
+        key = signature_key(named)
+        sig = self.records.get(key)
+        if sig is None:
+            with self._lock:
+                sig = self.records.get(key)
+                if sig is None:
+                    sig = SignatureRecord.from_call(key, named)
+                    self.records[key] = sig
+                    if len(self.records) > 1:
+                        logger.info("%s: new input signature #%d (grad and inference mode, dtypes, devices, ranks "
+                                    "and plain values are part of a signature)", name, len(self.records))
+        shapes = _tree.shapes_of(named)
+        with sig.lock:  # several threads may call the same module
+            sig.observe(shapes)
+            self.calls += 1
+        return sig, shapes
+
+    def index_of(self, sig: SignatureRecord) -> int:
+        """The order in which `sig` was first called (0 for the first signature)."""
+        return next((i for i, s in enumerate(self.records.values()) if s is sig), 0)
+
+    def values(self) -> list[SignatureRecord]:
+        return list(self.records.values())
 
 
 def _round(x: float | None) -> float | None:

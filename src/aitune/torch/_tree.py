@@ -57,11 +57,11 @@ def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
             # ModelOutput-like (an OrderedDict and a dataclass): its dict view holds the fields that are set.
             try:
                 return type(obj)(**mapped)
-            except Exception:
+            except Exception:  # a class that cannot be rebuilt from its fields: the plain dict keeps the data
                 return mapped
         try:
             return type(obj)(mapped)
-        except Exception:
+        except Exception:  # a mapping class that cannot be rebuilt from a dict: the plain dict keeps the data
             return mapped
     if _is_namedtuple(obj):
         return type(obj)(*(tree_map(fn, v) for v in obj))

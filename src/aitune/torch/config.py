@@ -5,7 +5,7 @@ how candidates are checked and timed, and whether failures raise. Assign fields 
 (`config.strict = True`); every assignment is validated.
 
 Sources, lowest to highest priority: defaults < the `[global]` table of the TOML override file < `AITUNE_*`
-env vars < the .py override file (`global_config.<field> = ...`) < code. See `aitune.torch._settings_sources`.
+env vars < the .py override file (`global_config.<field> = ...`) < code. See `aitune.torch._settings._sources`.
 
 Known limits: importing this module reads nothing (so a bad env value never breaks an import);
 `load_global_config()` reads the sources, and the JIT hook calls it at enable time. Tuning code should take
@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from pydantic import ByteSize, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from aitune.torch._settings_sources import TrackedSettings, load_settings, register_scope
+from aitune.torch._settings._model import TrackedSettings, register_scope
+from aitune.torch._settings._sources import load_settings
+from aitune.torch._units import parse_byte_size
 
 #: Default (rtol, atol) per floating dtype; a user's partial mapping is merged over these.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -32,7 +34,6 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "bfloat16": (5e-2, 5e-2),
 }
 
-_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
 def _float_dtype_names() -> list[str]:
@@ -48,14 +49,6 @@ def _float_dtype_name(key: Any) -> str:
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return str(dtype).removeprefix("torch.")
     raise ValueError(f"{key!r} is not a floating-point dtype name (known: {', '.join(_float_dtype_names())})")
-
-
-def parse_byte_size(value: str) -> int:
-    """"512MiB", "2GB" or "1000" as a number of bytes (ValueError otherwise)."""
-    try:
-        return int(_BYTE_SIZE.validate_python(value.strip()))
-    except ValidationError:
-        raise ValueError(f"cannot read {value!r} as a byte count") from None
 
 
 class GlobalConfig(TrackedSettings):

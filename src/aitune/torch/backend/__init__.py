@@ -9,6 +9,13 @@ from aitune.torch.backend._inductor import TorchInductorJitBackend, TorchInducto
 from aitune.torch.backend._inductor_aot import TorchInductorAotBackend, TorchInductorAotBackendConfig
 from aitune.torch.backend._onnxruntime import ONNXRuntimeBackend, ONNXRuntimeBackendConfig
 from aitune.torch.backend._quantization import ONNXAutoCastConfig, ONNXQuantizationConfig, TorchQuantizationConfig
+from aitune.torch.backend._registry import (
+    backend_names,
+    create_backend,
+    get_backend_class,
+    register_backend,
+    unregister_backend,
+)
 from aitune.torch.backend._tensorrt import TensorRTBackend, TensorRTBackendConfig
 from aitune.torch.backend._torch_tensorrt import (
     TorchTensorRTAotBackend,
@@ -16,13 +23,6 @@ from aitune.torch.backend._torch_tensorrt import (
     TorchTensorRTConfig,
     TorchTensorRTJitBackend,
     TorchTensorRTJitBackendConfig,
-)
-from aitune.torch.backend._registry import (
-    backend_names,
-    create_backend,
-    get_backend_class,
-    register_backend,
-    unregister_backend,
 )
 
 for _cls in (TorchEagerBackend, TorchInductorJitBackend, TorchInductorAotBackend, ONNXRuntimeBackend, TensorRTBackend,

@@ -37,7 +37,13 @@ _CPU: list[tuple[str, dict[str, Any]]] = [
 #: Backends offered by default only when this library is installed, though they accept another when configured:
 #: TensorRT-RTX builds engines but does not run them on data-center GPUs (Hopper), so it is opt-in.
 _DEFAULT_NEEDS = {"TensorRTBackend": "tensorrt"}
+#: (backend, device type) already named in a "not trying" line this process.
 _reported: set[tuple[str, str]] = set()
+
+
+def reset() -> None:
+    """Name left-out backends again (for tests)."""
+    _reported.clear()
 
 
 def default_backends(device: torch.device) -> list[Backend]:

@@ -83,7 +83,7 @@ def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
     return engine
 
 
-class _CompiledEngine(Engine):
+class CompiledEngine(Engine):
     def __init__(self, module: torch.nn.Module, compiled: Any, *, copy_outputs: bool,
                  autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:
         self._module = weakref.ref(module)
@@ -126,6 +126,6 @@ class TorchInductorJitBackend(Backend):
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         uses_cudagraphs = device.type == "cuda" and (
             cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
-        engine = _CompiledEngine(module, compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
+        engine = CompiledEngine(module, compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
                                  compute_dtype=compute_dtype)
         return compile_on_samples(engine, samples)

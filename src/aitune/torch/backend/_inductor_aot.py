@@ -48,7 +48,6 @@ import torch
 from pydantic import Field, field_validator
 
 from aitune.torch import _tree
-from aitune.torch._archive import check_zip_file
 from aitune.torch._errors import TuningError
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
@@ -65,10 +64,32 @@ _MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch
 _FORBIDDEN_OPTIONS = {"aot_inductor.output_path": "the backend chooses the package path",
                       "aot_inductor.package_cpp_only": "the package would hold C++ sources but no loadable library"}
 _NAME = "TorchInductorAotBackend"
-#: Device types whose packages have been loaded safely in a child process (see `_load_safely`), and those whose
-#: first package killed it (with why): later builds for those are rejected before spending a compile.
-_CHILD_LOADED: set[str] = set()
-_CHILD_CRASHED: dict[str, str] = {}
+
+
+class ChildLoads:
+    """Per device type: whether a package has loaded safely in a child process this run (see `_load_safely`), or
+    why the first one killed it (later builds for that device type are then rejected before spending a compile).
+    """
+
+    def __init__(self) -> None:
+        self.loaded: set[str] = set()
+        self.crashed: dict[str, str] = {}
+
+    def crash_reason(self, device_type: str) -> str | None:
+        return self.crashed.get(device_type)
+
+    def reset(self) -> None:
+        self.loaded.clear()
+        self.crashed.clear()
+
+
+CHILD_LOADS = ChildLoads()
+
+
+def reset() -> None:
+    """Forget which device types loaded or crashed (for tests)."""
+    CHILD_LOADS.reset()
+
 _CHILD_LOAD = """
 import sys, torch
 from torch._inductor import aoti_load_package
@@ -84,9 +105,13 @@ def _environment() -> str:
     return json.dumps([_fingerprint.library_versions(), _fingerprint.device_model(device)], sort_keys=True)
 
 
-def _load_safely(package: Path, device: torch.device) -> Any:
-    """`aoti_load_package`, after proving once per process and device type that it does not crash a process."""
-    if device.type not in _CHILD_LOADED:
+def _load_safely(package: Path, device: torch.device, *, built_here: bool = True) -> Any:
+    """`aoti_load_package`, after proving once per process and device type that it does not crash a process.
+
+    A crash of a package built in this process marks the device type (this torch cannot load packages there); one
+    of a package that came from a file (`built_here=False`) says nothing about the packages this process builds.
+    """
+    if device.type not in CHILD_LOADS.loaded:
         env = {k: v for k, v in os.environ.items() if not (k.startswith("AITUNE_") or k == "AUTOWRAPT_BOOTSTRAP")}
         try:
             proc = subprocess.run([sys.executable, "-c", _CHILD_LOAD, str(package), str(_device_index(device))],
@@ -96,10 +121,12 @@ def _load_safely(package: Path, device: torch.device) -> Any:
                               f"{e.timeout:.0f} s", backend=_NAME) from None
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-            _CHILD_CRASHED[device.type] = (f"{_NAME}: loading the AOTInductor package killed a test process (exit "
-                                           f"{proc.returncode}: {tail}); not loading it into this one")
-            raise TuningError(_CHILD_CRASHED[device.type], backend=_NAME)
-        _CHILD_LOADED.add(device.type)
+            why = (f"{_NAME}: loading the AOTInductor package killed a test process (exit {proc.returncode}: "
+                   f"{tail}); not loading it into this one")
+            if built_here:
+                CHILD_LOADS.crashed[device.type] = why
+            raise TuningError(why, backend=_NAME)
+        CHILD_LOADS.loaded.add(device.type)
     from torch._inductor import aoti_load_package
 
     return aoti_load_package(str(package), device_index=_device_index(device))
@@ -173,7 +200,7 @@ class _AotEngine(Engine):
         directory = Path(directory)
         shutil.copyfile(self.package, directory / _PACKAGE_FILE)
         meta = dict(self.meta)
-        if meta.get("device_type") in _CHILD_LOADED:
+        if meta.get("device_type") in CHILD_LOADS.loaded:
             # This environment loaded a package of this device type without crashing: a later process with the
             # same libraries and device (a cache hit) can skip the test load in a child process.
             meta["loaded_safely_in"] = _environment()
@@ -217,8 +244,8 @@ class TorchInductorAotBackend(Backend):
               device: torch.device) -> Engine:
         if not samples:
             raise TuningError(f"{self.name} needs at least one recorded sample", backend=self.name)
-        if device.type in _CHILD_CRASHED:
-            raise TuningError(f"{_CHILD_CRASHED[device.type]} (an earlier package of this process)", backend=_NAME)
+        if device.type in CHILD_LOADS.crashed:
+            raise TuningError(f"{CHILD_LOADS.crashed[device.type]} (an earlier package of this process)", backend=_NAME)
         layout = FlatIO.from_samples(samples, module.forward)
         _check_plain_values(layout)
         flats = [layout.flatten(s.args, s.kwargs) for s in samples]
@@ -245,7 +272,7 @@ class TorchInductorAotBackend(Backend):
         try:
             program = torch.export.export(FlatModule(module, layout), tuple(example), dynamic_shapes=dynamic_shapes,
                                           strict=self.config.strict_export)
-        except Exception as e:
+        except Exception as e:  # any export failure rejects this candidate, with torch's reason
             strict = self.config.strict_export
             raise TuningError(f"{self.name}: torch.export (strict_export={strict}) failed for "
                               f"{type(module).__name__}: {type(e).__name__}: {e}", backend=self.name) from e
@@ -265,7 +292,7 @@ class TorchInductorAotBackend(Backend):
                     # aoti_compile_and_package writes into the dict it is given: pass a copy.
                     aoti_compile_and_package(program, package_path=str(package),
                                              inductor_configs=dict(self.config.inductor_configs or {}))
-            except Exception as e:
+            except Exception as e:  # any compile failure rejects this candidate, with Inductor's reason
                 raise TuningError(f"{self.name}: AOTInductor failed to compile {type(module).__name__}: "
                                   f"{type(e).__name__}: {e}", backend=self.name) from e
             del program
@@ -307,11 +334,10 @@ class TorchInductorAotBackend(Backend):
         if problem is not None:
             raise TuningError(f"{self.name}: the engine saved in {directory} does not fit: {problem}; delete it "
                               f"to rebuild", backend=self.name)
-        check_zip_file(package)
         if authenticated and meta.get("loaded_safely_in") == _environment():
             # Our own signed note (a cache entry) that a package loaded safely here; a checkpoint's is ignored.
-            _CHILD_LOADED.add(device.type)
-        return _AotEngine(_load_safely(package, device), layout, meta, package, None)
+            CHILD_LOADS.loaded.add(device.type)
+        return _AotEngine(_load_safely(package, device, built_here=False), layout, meta, package, None)
 
     def _check_dynamic(self, layout: FlatIO, dynamic: list[list[int]], lows: list[list[int]],
                        highs: list[list[int]]) -> None:

@@ -55,7 +55,10 @@ def check_external_data(path: Path) -> None:
 
     root = path.parent.resolve()
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in _all_tensors(model.graph):
+    tensors = _all_tensors(model.graph.initializer, model.graph.sparse_initializer, model.graph.node)
+    for function in model.functions:
+        tensors += _all_tensors([], [], function.node)
+    for tensor in tensors:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -66,18 +69,21 @@ def check_external_data(path: Path) -> None:
                              f"its data from {location!r}")
 
 
-def _all_tensors(graph: Any) -> list[Any]:
-    """Every TensorProto of a graph: initializers, sparse initializers and node attributes, subgraphs included."""
-    found = list(graph.initializer)
-    for sparse in graph.sparse_initializer:
-        found += [sparse.values, sparse.indices]
-    for node in graph.node:
+def _all_tensors(initializers: Any, sparse: Any, nodes: Any) -> list[Any]:
+    """Every TensorProto of a graph or function: initializers, sparse ones, and node attributes (dense and sparse
+    tensors), subgraphs included."""
+    found = list(initializers)
+    for item in sparse:
+        found += [item.values, item.indices]
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 found.append(attr.t)
             found += list(attr.tensors)
-            if attr.HasField("g"):
-                found += _all_tensors(attr.g)
-            for sub in attr.graphs:
-                found += _all_tensors(sub)
+            if attr.HasField("sparse_tensor"):
+                found += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+            for item in attr.sparse_tensors:
+                found += [item.values, item.indices]
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found += _all_tensors(sub.initializer, sub.sparse_initializer, sub.node)
     return found

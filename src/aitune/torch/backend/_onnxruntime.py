@@ -159,7 +159,8 @@ class ONNXRuntimeBackend(Backend):
             return ("this onnxruntime has no CUDA or TensorRT execution provider (install onnxruntime-gpu); "
                     f"available: {', '.join(sorted(available))}")
         if missing and self.config.providers is not None:
-            return f"execution provider(s) {', '.join(missing)} not available; available: {', '.join(sorted(available))}"
+            return (f"execution provider(s) {', '.join(missing)} not available; available: "
+                    f"{', '.join(sorted(available))}")
         return None
 
     def _session(self, model_path: Path, device: torch.device) -> Any:
@@ -192,4 +193,5 @@ class ONNXRuntimeBackend(Backend):
         if not path.is_file():
             raise FileNotFoundError(f"no {_MODEL_FILE} in {directory}")
         check_external_data(path)
-        return _OrtEngine(self._session(path, device), FlatIO.from_samples(samples, module.forward), device, Path(directory), None)
+        return _OrtEngine(self._session(path, device), FlatIO.from_samples(samples, module.forward), device,
+                          Path(directory), None)

@@ -33,7 +33,6 @@ from aitune.torch import _tree
 from aitune.torch._errors import BackendUnavailableError
 from aitune.torch._samples import Sample
 from aitune.torch.backend._flat import FlatIO
-from aitune.torch.backend._onnx import export_onnx
 from aitune.torch.backend._optional import require
 
 logger = logging.getLogger(__name__)
@@ -263,9 +262,9 @@ def _to_device(sample: Sample, device: torch.device) -> Sample:
                   _tree.tree_map(move, sample.outputs))
 
 
-def quantize_and_export(module: torch.nn.Module, samples: Sequence[Sample], path: Path,
-                        config: TorchQuantizationConfig, *, use_dynamo: bool, opset_version: int | None) -> FlatIO:
-    """Quantize a copy of `module` with ModelOpt, calibrated on `samples`, and export it to ONNX at `path`.
+def quantize_module(module: torch.nn.Module, samples: Sequence[Sample], config: TorchQuantizationConfig
+                    ) -> tuple[torch.nn.Module, list[Sample]]:
+    """A copy of `module` quantized with ModelOpt, calibrated on `samples`, and the samples moved to its device.
 
     The user's module is never changed: `mtq.quantize` replaces layers in place, so it works on a deep copy.
     """
@@ -288,8 +287,4 @@ def quantize_and_export(module: torch.nn.Module, samples: Sequence[Sample], path
 
     logger.info("ModelOpt torch quantization %s on %d recorded samples", config.quantization_config,
                 len(calibration))
-    quantized = mtq.quantize(model, copy.deepcopy(recipe), forward_loop)
-    try:
-        return export_onnx(quantized, moved, path, use_dynamo=use_dynamo, opset_version=opset_version)
-    finally:
-        del quantized, model
+    return mtq.quantize(model, copy.deepcopy(recipe), forward_loop), moved

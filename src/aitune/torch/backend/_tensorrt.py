@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from aitune.torch._errors import AITuneError
+from aitune.torch._errors import TensorRTBuildError
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._flat import FlatIO
@@ -40,10 +40,11 @@ from aitune.torch.backend._quantization import (
     TorchQuantizationConfig,
     autocast_onnx,
     describe_quantization,
-    quantize_and_export,
     quantization_from_data,
+    quantize_module,
     quantize_onnx,
 )
+from aitune.torch.backend._tensorrt_profiles import ProfileMode, TensorRTProfile, derive_profiles, uncovered_shape_sets
 from aitune.torch.backend._tensorrt_runtime import (
     META_FILE,
     PLAN_FILE,
@@ -52,7 +53,6 @@ from aitune.torch.backend._tensorrt_runtime import (
     deserialize,
     trt_logger,
 )
-from aitune.torch.backend.tensorrt import ProfileMode, TensorRTProfile, derive_profiles, uncovered_shape_sets
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,14 @@ _COMPAT_LEVELS = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_ca
 _RTX_UNSUPPORTED_CAPABILITIES = {(9, 0)}
 
 
-class TensorRTBuildError(AITuneError, RuntimeError):
-    """Parsing the ONNX model or building the TensorRT engine failed; the message carries TensorRT's own."""
+def quantize_and_export(module: torch.nn.Module, samples: Sequence[Sample], path: Path,
+                        config: TorchQuantizationConfig, *, use_dynamo: bool, opset_version: int | None) -> FlatIO:
+    """Quantize a copy of `module` with ModelOpt (`quantize_module`) and export it to ONNX at `path`."""
+    quantized, moved = quantize_module(module, samples, config)
+    try:
+        return export_onnx(quantized, moved, path, use_dynamo=use_dynamo, opset_version=opset_version)
+    finally:
+        del quantized
 
 
 class TensorRTBackendConfig(BackendConfig):

@@ -41,7 +41,7 @@ import torch
 
 from aitune.torch.backend._base import Engine
 from aitune.torch.backend._flat import FlatIO
-from aitune.torch.backend.tensorrt import TensorRTProfile
+from aitune.torch.backend._tensorrt_profiles import TensorRTProfile
 
 logger = logging.getLogger(__name__)
 

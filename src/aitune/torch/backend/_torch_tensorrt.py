@@ -44,11 +44,10 @@ from typing import Annotated, Any, Literal, NamedTuple
 import torch
 from pydantic import AliasChoices, Field, JsonValue, PlainValidator, WrapSerializer, field_validator, model_validator
 
-from aitune.torch._archive import check_zip_file
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
-from aitune.torch.backend._inductor import _CompiledEngine, autocast_for, compile_on_samples, entry_point
 from aitune.torch.backend._flat import FlatIO, FlatModule
+from aitune.torch.backend._inductor import CompiledEngine, autocast_for, compile_on_samples, entry_point
 from aitune.torch.backend._optional import missing_reason, require
 
 logger = logging.getLogger(__name__)
@@ -185,7 +184,7 @@ def _plain(value: Any) -> JsonValue:
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b)
-    except Exception:
+    except Exception:  # an __eq__ that cannot compare (tensors, odd objects): reported as changed
         return False
 
 
@@ -195,7 +194,7 @@ def settings_summary(settings: Any) -> dict[str, JsonValue]:
     cls = type(settings)
     try:
         defaults: Any = cls()
-    except Exception:
+    except Exception:  # a settings class without defaults: every field is then reported
         defaults = None
     out: dict[str, JsonValue] = {"settings_class": f"{cls.__module__}.{cls.__qualname__}"}
     for f in dataclasses.fields(settings):
@@ -240,7 +239,7 @@ class TorchTensorRTJitBackendConfig(BackendConfig):
         default=None, description="Autocast dtype (default: float16).")
 
 
-class _JitEngine(_CompiledEngine):
+class _JitEngine(CompiledEngine):
     # Torch-TensorRT turns the parameters into engine constants: in-place weight updates do not reach them.
     bakes_weights = True
 
@@ -473,7 +472,6 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
                              f"{meta.get('outputs')} outputs; these samples have {len(io.input_names)} and "
                              f"{len(io.output_names)}")
         path = directory / _ARTIFACTS[ir]
-        check_zip_file(path)
         loaded: Any
         if ir == "ts":
             loaded = torch.jit.load(str(path), map_location=device)

@@ -22,53 +22,57 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from aitune.torch._errors import CacheError, ConfigError
-from aitune.torch.cache._directory import default_secret_file, load_secret, open_directory
+from aitune.torch.cache._directory import expand, load_secret, open_directory
 from aitune.torch.cache._store import CacheEntryInfo, EngineStore
 
 logger = logging.getLogger(__name__)
 
 
-def _config() -> object:
-    from aitune.torch._settings_sources import ensure_settings_loaded
-    from aitune.torch.jit.config import config
+def _configured() -> Any:
+    """The JIT settings (where `cache_dir` lives), found through the settings registry: a lower floor than the
+    fronts, the cache does not import them."""
+    from aitune.torch._settings._model import SCOPES
+    from aitune.torch._settings._sources import ensure_settings_loaded
 
     ensure_settings_loaded()
-    return config
+    scope = SCOPES.named("config")
+    if scope is None:
+        raise ConfigError("the JIT settings are not loaded; pass a cache directory", field="cache_dir")
+    return scope.model
 
 
 def directory(path: str | os.PathLike[str] | None = None) -> Path:
     """The cache directory: `path`, else the configured `cache_dir` (`AITUNE_JIT_CACHE_DIR`)."""
     if path is not None:
-        return Path(path).expanduser().absolute()
-    configured = getattr(_config(), "cache_dir", None)
+        return expand(path, "cache directory")
+    configured = getattr(_configured(), "cache_dir", None)
     if configured is None:
         raise ConfigError("no cache directory: pass one, or set AITUNE_JIT_CACHE_DIR", field="cache_dir")
     return Path(configured)
 
 
-def _secret_file() -> Path:
-    configured = getattr(_config(), "cache_secret_file", None)
-    return Path(configured) if configured is not None else default_secret_file()
-
-
-def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = False,
-               need_secret: bool = False) -> EngineStore:
+def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = False, need_secret: bool = False,
+               settings: Any = None) -> EngineStore:
     """The store in `path` (default: the configured directory), checked as the module docstring says.
 
     `create`: make (and mark) the directory when it is missing or empty. `need_secret`: fail when the signing
-    secret cannot be read (else entries can be listed and removed, but none verifies). Raises CacheError.
+    secret cannot be read (else entries can be listed and removed, but none verifies). `settings`: an object with
+    `cache_max_bytes` and `cache_secret_file` (default: the JIT settings). Raises CacheError.
     """
+    settings = settings if settings is not None else _configured()
     root = open_directory(directory(path), create=create)
+    secret_file = getattr(settings, "cache_secret_file", None)
     try:
-        secret: bytes | None = load_secret(_secret_file(), root, create=create or need_secret)
+        secret: bytes | None = load_secret(Path(secret_file) if secret_file is not None else None, root,
+                                           create=create or need_secret)
     except CacheError:
         if need_secret:
             raise
         secret = None
-    max_bytes = int(getattr(_config(), "cache_max_bytes", 10 << 30))
-    return EngineStore(root, max_bytes, secret)
+    return EngineStore(root, int(getattr(settings, "cache_max_bytes", 10 << 30)), secret)
 
 
 class _Opened:
@@ -76,23 +80,22 @@ class _Opened:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stores: dict[tuple[Path, int, Path], EngineStore | None] = {}
+        self._stores: dict[tuple[Path, int, Path | None], EngineStore | None] = {}
 
-    def get(self) -> EngineStore | None:
-        config = _config()
-        root = getattr(config, "cache_dir", None)
+    def get(self, settings: Any) -> EngineStore | None:
+        root = getattr(settings, "cache_dir", None)
         if root is None:
             return None
-        key = (Path(root), int(getattr(config, "cache_max_bytes")), _secret_file())
+        secret_file = getattr(settings, "cache_secret_file", None)
+        key = (Path(root), int(settings.cache_max_bytes), secret_file)
         with self._lock:
             if key in self._stores:
                 store = self._stores[key]
                 return store if store is None or store.disabled is None else None
             try:
-                store = open_store(root, create=True, need_secret=True)
+                store = open_store(root, create=True, need_secret=True, settings=settings)
             except CacheError as e:
-                logger.warning("not using the cache: %s. The script runs without the cache.",
-                               str(e).rstrip("."))
+                logger.warning("not using the cache: %s. The script runs without the cache.", str(e).rstrip("."))
                 store = None
             self._stores[key] = store
             return store
@@ -105,10 +108,11 @@ class _Opened:
 _OPENED = _Opened()
 
 
-def configured_store() -> EngineStore | None:
-    """The store of the configured cache directory (made and marked if missing), or None when the cache is off or
-    the directory cannot be used (logged once)."""
-    return _OPENED.get()
+def configured_store(settings: Any) -> EngineStore | None:
+    """The store of `settings.cache_dir` (made and marked if missing), or None when the cache is off or the
+    directory cannot be used (logged once). `settings` is the JIT settings object (`cache_dir`,
+    `cache_max_bytes`, `cache_secret_file`)."""
+    return _OPENED.get(settings)
 
 
 def reset() -> None:

@@ -15,14 +15,7 @@ from collections.abc import Sequence
 
 from aitune.torch import cache
 from aitune.torch._errors import CacheError, ConfigError
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+from aitune.torch._units import human_bytes
 
 
 def _ago(t: float) -> str:
@@ -73,14 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the directory passed its checks but cannot be written now (read-only mount, full disk)
+        print(f"error: {args.command} failed in {args.dir or 'the cache directory'}: {e.strerror or e}",
+              file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([{**i.__dict__, "path": str(i.path)} for i in infos], indent=1))
         return 0
-    print(f"{root}: {_plural(len(infos))}, {_size(sum(i.size_bytes for i in infos))}")
+    print(f"{root}: {_plural(len(infos))}, {human_bytes(sum(i.size_bytes for i in infos))}")
     for i in infos:
         what = i.backend if i.decision == "tuned" else i.decision
         state = "" if i.valid else f"  INVALID: {i.problem}"
-        print(f"  {i.key[:12]}  {i.module:<32} {what:<44} {_size(i.size_bytes):>10}  used {_ago(i.last_used)}{state}")
+        size = human_bytes(i.size_bytes)
+        print(f"  {i.key[:12]}  {i.module:<32} {what:<44} {size:>10}  used {_ago(i.last_used)}{state}")
     return 0
 
 

@@ -8,6 +8,9 @@ The cache is trusted only as far as its directory is (README, "Trust and the cac
   into an empty one it is given. A non-empty directory without the marker is refused, so pointing
   `AITUNE_JIT_CACHE_DIR` at a project directory uses (and deletes) nothing in it. A marked directory that holds
   anything at its top level other than aitune's own names is refused too, naming what does not belong.
+- Every directory above the cache (and above the secret) must belong to the user or root and be writable by
+  nobody else, unless it has the sticky bit (as /tmp has): otherwise whoever may write a parent could swap the
+  whole directory between aitune's checks and its reads.
 - Every entry is signed with an HMAC-SHA256 under a 32-byte secret kept outside the cache directory (by default
   `~/.config/aitune/cache-secret`, mode 0600, in a directory only the user can write; `AITUNE_JIT_CACHE_SECRET_FILE`
   moves it). An entry planted or edited by anyone without the secret is never loaded.
@@ -51,8 +54,41 @@ _TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 
 
 def default_secret_file() -> Path:
+    """`$XDG_CONFIG_HOME/aitune/cache-secret`, else `~/.config/aitune/cache-secret` (a relative XDG_CONFIG_HOME is
+    ignored, as the XDG specification says: a secret must not land in whatever the working directory is)."""
     base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".config") / "aitune" / "cache-secret"
+    home = Path(base) if base and Path(base).is_absolute() else Path.home() / ".config"
+    return home / "aitune" / "cache-secret"
+
+
+def expand(path: str | os.PathLike[str], what: str) -> Path:
+    """`path` with `~` expanded, absolute; CacheError when `~user` names no user."""
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError as e:  # Path.expanduser: "Could not determine home directory."
+        raise CacheError(f"{what} {path}: cannot expand '~' ({e}); give an absolute path", path=Path(path)) from None
+
+
+def _check_ancestors(real: Path, what: str) -> None:
+    """Every directory above `real` must belong to root or the user, and be writable by nobody else unless its
+    sticky bit stops others from renaming what is not theirs (as in /tmp): whoever may write a parent could
+    otherwise swap `real` for a directory of their own between aitune's checks and its reads."""
+    if not hasattr(os, "geteuid"):
+        return
+    euid = os.geteuid()
+    for parent in real.parents:
+        try:
+            st = os.stat(parent)
+        except OSError as e:
+            raise CacheError(f"{what} {real}: cannot check {parent} ({e.strerror or e})", path=parent) from None
+        if st.st_uid not in (0, euid):
+            raise CacheError(f"{what} {real} lies in {parent}, which belongs to {_owner(st)}: they could replace "
+                             f"it with one holding code that aitune would load. Use a directory whose every parent "
+                             f"belongs to you or to root.", path=parent)
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise CacheError(f"{what} {real} lies in {parent}, which has mode {stat.S_IMODE(st.st_mode):04o}: others "
+                             f"can write it, so they could replace {real.name} with one holding their code. Run "
+                             f"`chmod go-w {parent}` or choose another directory.", path=parent)
 
 
 def _user() -> str:
@@ -73,18 +109,8 @@ def _owner(st: os.stat_result) -> str:
         return f"uid {st.st_uid}"
 
 
-def _check_private(path: Path, st: os.stat_result, what: str, bits: int, fix: str, *,
-                   container: bool = False) -> None:
-    """`path` must belong to the user and have none of `bits` set (like ssh's StrictModes). A `container` (the
-    directory holding the secret) may also belong to root, and may be writable by others when it has the sticky
-    bit (as /tmp has): nobody else can then replace a file in it."""
-    if container and (st.st_uid == 0 or st.st_mode & stat.S_ISVTX):
-        bits = 0 if st.st_mode & stat.S_ISVTX else bits
-        if st.st_uid == 0:
-            if st.st_mode & bits:
-                raise CacheError(f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: others can write it. "
-                                 f"{fix}", path=path)
-            return
+def _check_private(path: Path, st: os.stat_result, what: str, bits: int, fix: str) -> None:
+    """`path` must belong to the user and have none of `bits` set (like ssh's StrictModes)."""
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
         raise CacheError(f"{what} {path} is owned by {_owner(st)}, not by you ({_user()}): someone else could "
                          f"put code there that aitune would load. Use a directory of your own.", path=path)
@@ -95,7 +121,7 @@ def _check_private(path: Path, st: os.stat_result, what: str, bits: int, fix: st
 
 def open_directory(root: Path, *, create: bool = True) -> Path:
     """Check (and, with `create`, make) a cache directory; returns its resolved path. Raises CacheError."""
-    root = Path(root).expanduser().absolute()
+    root = expand(root, "cache directory")
     if not os.path.lexists(root):
         if not create:
             raise CacheError(f"{root}: there is no cache directory here", path=root)
@@ -108,6 +134,7 @@ def open_directory(root: Path, *, create: bool = True) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise CacheError(f"{root} is not a directory; set AITUNE_JIT_CACHE_DIR to a directory path", path=root)
     _check_private(real, st, "cache directory", 0o022, f"Run `chmod go-w {real}` or choose another directory.")
+    _check_ancestors(real, "cache directory")
     names = _top_names(real)
     if MARKER not in names:
         if names:
@@ -148,6 +175,8 @@ def _top_names(real: Path) -> set[str]:
 def _create(root: Path) -> None:
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
+        # Nothing is made below a parent someone else could swap (the same check runs again on the result).
+        _check_ancestors(Path(os.path.realpath(root.parent)) / root.name, "cache directory")
         try:
             os.mkdir(root, 0o700)
         except FileExistsError:
@@ -189,18 +218,15 @@ def _write_new(path: Path, text: str, mode: int) -> None:
 
 def load_secret(path: Path | None, cache_root: Path, *, create: bool = True) -> bytes:
     """The per-user signing key (created on first use). Raises CacheError when it is unsafe or unusable."""
-    path = Path(path).expanduser().absolute() if path is not None else default_secret_file()
-    parent = path.parent
+    path = expand(path, "cache secret") if path is not None else default_secret_file()
+    parent = Path(os.path.realpath(path.parent))
+    if parent == cache_root or cache_root in parent.parents:
+        raise CacheError(f"the cache secret {path} would lie inside the cache directory {cache_root}: whoever can "
+                         f"write the cache could then sign entries. Keep it elsewhere (AITUNE_JIT_CACHE_SECRET_FILE, "
+                         f"or XDG_CONFIG_HOME).", path=path)
     if create and not os.path.lexists(path):
         _create_secret(path)
     try:
-        real_parent = parent.resolve(strict=True)
-        if real_parent == cache_root or cache_root in real_parent.parents:
-            raise CacheError(f"the cache secret {path} lies inside the cache directory {cache_root}: whoever can "
-                             f"write the cache could then sign entries. Keep it elsewhere "
-                             f"(AITUNE_JIT_CACHE_SECRET_FILE).", path=path)
-        _check_private(real_parent, os.stat(real_parent), f"the cache secret {path} lies in a directory that is "
-                       "unsafe:", 0o022, f"Run `chmod go-w {real_parent}`.", container=True)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise CacheError(f"the cache secret {path} does not exist", path=path) from None
@@ -211,8 +237,15 @@ def load_secret(path: Path | None, cache_root: Path, *, create: bool = True) -> 
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise CacheError(f"the cache secret {path} is not a regular file", path=path)
-        _check_private(path, st, "the cache secret", 0o077, f"Run `chmod 600 {path}`.")
+        if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+            raise CacheError(f"the cache secret {path} is owned by {_owner(st)}, not by you ({_user()}); delete it "
+                             f"and aitune makes a new one", path=path)
+        if st.st_mode & 0o077:
+            raise CacheError(f"the cache secret {path} has mode {stat.S_IMODE(st.st_mode):04o}: others can read "
+                             f"it, and with it sign cache entries that aitune would load. Run `chmod 600 {path}`.",
+                             path=path)
         key = f.read(4096)
+    _check_ancestors(parent / path.name, "the cache secret")
     if len(key) < SECRET_BYTES:
         raise CacheError(f"the cache secret {path} is too short ({len(key)} bytes); delete it and aitune makes a new "
                          f"one (entries signed with the old one are then tuned again)", path=path)

@@ -209,7 +209,10 @@ class EngineStore:
             if save is not None:
                 engine_dir = tmp / ENGINE_DIR
                 engine_dir.mkdir()
-                save(engine_dir)
+                try:
+                    save(engine_dir)
+                except OSError as e:  # the engine's files did not fit (a full disk, a quota): no cache from now on
+                    raise self._disable(e) from None
             try:
                 return self._seal_and_rename(key, record, tmp, save is not None)
             except OSError as e:
@@ -239,7 +242,10 @@ class EngineStore:
                     self._remove_locked(key)
             os.rename(tmp, dest)
             _fsync(self.entries_dir)
-        self.evict(protect={key})
+        try:
+            self.evict(protect={key})
+        except (OSError, CorruptEntry) as e:  # the entry is published; eviction is tried again on the next one
+            logger.debug("aitune cache: evicting after publishing %s failed: %s", key[:16], e)
         return True
 
     def _disable(self, e: OSError) -> CacheError:
@@ -328,6 +334,11 @@ class EngineStore:
                 last_used = path.lstat().st_mtime
                 size = sum((path / rel).lstat().st_size for rel in _regular_files(path))
             except OSError:
+                continue
+            except CorruptEntry as e:  # a link or a device inside: listed as invalid, never read
+                out.append(CacheEntryInfo(key=key, path=path, module="?", module_class="?", decision="?",
+                                          backend=None, size_bytes=0, created=0.0, last_used=0.0, valid=False,
+                                          problem=str(e)))
                 continue
             try:
                 raw = _read_regular(path / ENTRY_FILE)

@@ -3,7 +3,7 @@
 The replacement's first statement hands off to the original while Dynamo traces (so compiled graphs never see
 aitune), then one dict lookup decides: a module that is untracked, pending, detached, eager or skipped runs the
 module's own `_call_impl` directly (what the original `__call__` does when the module was not compiled with
-`Module.compile()`); anything else takes the slow path in `_runtime`.
+`Module.compile()`); anything else takes the slow path that `install(handler)` was given (`_runtime`'s).
 
 Also patched, reversibly: `Module.load_state_dict` and `Module._apply` (weights reloaded, moved or cast) and
 the module registration hooks (parameters or submodules replaced), which bump an epoch so tuned modules
@@ -20,16 +20,25 @@ from typing import Any
 import torch
 from torch.compiler import is_dynamo_compiling
 
-from aitune.torch.jit import _runtime, _tracker
+from aitune.torch.jit import _tracker
 
 logger = logging.getLogger(__name__)
+
+Handler = Callable[[torch.nn.Module, Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _lock = threading.Lock()
 _saved: dict[str, Any] = {}
 _handles: list[Any] = []
 _states_get = _tracker.STATES.get
-_handle_call = _runtime.handle_call
-_EPOCH = _runtime.EPOCH
+_EPOCH = _tracker.EPOCH
+
+
+def _not_installed(module: torch.nn.Module, st: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
+
+
+#: The slow path, set by `install` (a module global: the hot path reads it with one lookup).
+_handle_call: Handler = _not_installed
 
 
 def _aitune_call(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -44,7 +53,7 @@ def _aitune_call(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
 
 
 def _bump(*_: Any, **__: Any) -> None:
-    _EPOCH[0] += 1
+    _EPOCH.value += 1
 
 
 def _bumping(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,7 +61,7 @@ def _bumping(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return original(self, *args, **kwargs)
         finally:
-            _EPOCH[0] += 1
+            _EPOCH.value += 1
 
     wrapper.__name__ = original.__name__
     wrapper.__qualname__ = original.__qualname__
@@ -68,11 +77,13 @@ def is_installed() -> bool:
     return "__call__" in _saved
 
 
-def install() -> bool:
-    """Patch torch. Idempotent; returns False when it was already installed."""
+def install(handler: Handler) -> bool:
+    """Patch torch, with `handler` as the slow path. Idempotent; returns False when it was already installed."""
+    global _handle_call
     with _lock:
         if is_installed():
             return False
+        _handle_call = handler
         Module = torch.nn.Module
         _saved["__call__"] = Module.__dict__["__call__"]
         for name in _PATCHED_METHODS:
@@ -94,11 +105,13 @@ def install() -> bool:
 
 def uninstall() -> bool:
     """Restore the exact original attributes. Idempotent; returns False when nothing was installed."""
+    global _handle_call
     with _lock:
         if not is_installed():
             return False
         Module = torch.nn.Module
         Module.__call__ = _saved.pop("__call__")  # type: ignore[method-assign]
+        _handle_call = _not_installed
         for name in _PATCHED_METHODS:
             setattr(Module, name, _saved.pop(name))
         while _handles:

@@ -9,8 +9,8 @@ import threading
 from typing import Any
 
 from aitune.torch import cache
-from aitune.torch.jit import _hook, _report, _tracker, _tuner
-from aitune.torch.jit._settings import SETTINGS
+from aitune.torch.jit import _hook, _report, _runtime, _tracker, _tuner
+from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 
 logger = logging.getLogger("aitune")
 
@@ -40,7 +40,7 @@ def _setup_logging(level_name: str) -> None:
 def _write_report_quietly() -> None:
     try:
         _report.write_report()
-    except Exception:
+    except Exception:  # the report is a by-product: failing to write it never fails the script
         logging.getLogger(__name__).debug("writing the report failed", exc_info=True)
 
 
@@ -49,8 +49,6 @@ def enable_jit_tuning() -> bool:
 
     Raises ConfigError for a bad setting. Returns False when it was already enabled.
     """
-    from aitune.torch.jit.config import config, load_jit_config
-
     with _lock:
         if _hook.is_installed():
             return False
@@ -58,13 +56,12 @@ def enable_jit_tuning() -> bool:
         load_jit_config()
         _setup_logging(str(config.log_level))
         # Opened now so that an unusable cache directory is reported (once) before the script runs.
-        store = cache.configured_store()
-        _hook.install()
+        store = cache.configured_store(config)
+        _hook.install(_runtime.make_handler(_tuner.tune_signature))
         if not _state["atexit"]:
             atexit.register(_report.at_exit)
             _state["atexit"] = True
-        if _write_report_quietly not in _tuner.DECISION_LISTENERS:
-            _tuner.DECISION_LISTENERS.append(_write_report_quietly)
+        _tuner.LISTENERS.add(_write_report_quietly)
     backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"
     where = f"; cache {store.root}" if store is not None else ""
     logger.info("JIT tuning enabled (mode %s, backends: %s%s)", SETTINGS.mode, backends, where)

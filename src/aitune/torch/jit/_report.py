@@ -15,8 +15,8 @@ import torch
 
 import aitune
 from aitune.torch.jit import _hook, _tracker
-from aitune.torch.jit._settings import SETTINGS
 from aitune.torch.jit._tracker import ModuleState
+from aitune.torch.jit.config import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def at_exit() -> None:
             if path is not None:
                 text += f"\n  report: {path}"
             print(text, file=sys.stderr, flush=True)
-    except Exception:
+    except Exception:  # at interpreter exit nothing may raise; the user gets one line instead
         logger.debug("writing the aitune report failed", exc_info=True)
         print("aitune: could not write the report (run with AITUNE_JIT_LOG_LEVEL=DEBUG for details)",
               file=sys.stderr)

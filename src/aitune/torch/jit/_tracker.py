@@ -21,15 +21,23 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from aitune.torch._samples import InputNormalizer, SignatureRecord
+from aitune.torch._samples import SignatureRecord, SignatureTable
+from aitune.torch._signature._record import release_samples
+from aitune.torch._signature._route import drop_engine
 
 logger = logging.getLogger(__name__)
 
-PASSTHROUGH_STATES = frozenset({"pending", "eager", "failed", "skipped", "detached", "untracked"})
+#: The states of a tracked module (see the module docstring).
+ModuleStatus = Literal["pending", "active", "eager", "failed", "skipped", "detached", "untracked"]
+#: What the report says of a module: an active module is "recording" or "tuned" (or "eager" once every
+#: signature stayed eager); the others as their status.
+ReportState = Literal["recording", "tuned", "eager", "failed", "skipped", "detached", "untracked", "pending"]
+PASSTHROUGH_STATES: frozenset[ModuleStatus] = frozenset({"pending", "eager", "failed", "skipped", "detached",
+                                                         "untracked"})
 
 
 #: In-place weight changes under weight-copying engines after which only live-weight backends are tried.
@@ -41,11 +49,11 @@ class ModuleState:
 
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
-        "normalizer", "signatures", "reason", "calls", "decided", "paths", "by_path", "param_ids",
+        "table", "reason", "decided", "paths", "by_path", "param_ids",
         "version_sum", "epoch", "tune_seconds", "baked_invalidations", "__weakref__",
     )
 
-    def __init__(self, module: torch.nn.Module, status: str, name: str, qualname: str, depth: int,
+    def __init__(self, module: torch.nn.Module, status: ModuleStatus, name: str, qualname: str, depth: int,
                  parent: ModuleState | None) -> None:
         self.ref: weakref.ref[torch.nn.Module] = weakref.ref(module, _forget(self))
         self.key = id(module)
@@ -57,10 +65,9 @@ class ModuleState:
         self.parent = parent
         self.children: list[ModuleState] = []
         self.root: ModuleState = parent.root if parent is not None else self
-        self.normalizer: InputNormalizer | None = None
-        self.signatures: dict[Any, SignatureRecord] = {}
+        #: Its input signatures, once it is active.
+        self.table: SignatureTable | None = None
         self.reason: str | None = None
-        self.calls = 0
         #: True once the first tuning of this module decided tuned or not (drives the top-down walk).
         self.decided = False
         #: For top modules: id(submodule) -> attribute path, and path -> tracked state.
@@ -76,7 +83,16 @@ class ModuleState:
         #: tried, so the module is not rebuilt after every step.
         self.baked_invalidations = 0
 
-    def set_status(self, status: str, reason: str | None = None, *, walk_children: bool = False) -> None:
+    @property
+    def signatures(self) -> dict[Any, SignatureRecord]:
+        return self.table.records if self.table is not None else {}
+
+    @property
+    def calls(self) -> int:
+        """Calls aitune handled while the module was active (recorded, routed, or run eagerly while tracked)."""
+        return self.table.calls if self.table is not None else 0
+
+    def set_status(self, status: ModuleStatus, reason: str | None = None, *, walk_children: bool = False) -> None:
         """`walk_children`: pass through only after one call on the call stack, so that the children of a
         module decided at discovery (skipped, too small) are discovered under it."""
         self.status = status
@@ -88,7 +104,7 @@ class ModuleState:
     def live_weights_only(self) -> bool:
         return self.baked_invalidations >= LIVE_WEIGHTS_AFTER
 
-    def report_state(self) -> str:
+    def report_state(self) -> ReportState:
         if self.status != "active":
             return self.status
         statuses = {s.status for s in self.signatures.values()}
@@ -120,8 +136,22 @@ STATES: dict[int, ModuleState] = {}
 #: happened to it (a collected module's engines and samples are released).
 ORDER: list[ModuleState] = []
 LOCK = threading.RLock()
-#: Bytes held by recorded samples, process-wide (bounded by max_samples_bytes).
-SAMPLE_BYTES = [0]
+
+
+class Epoch:
+    """Bumped whenever module weights may have been replaced or moved (load_state_dict, .to(), assignment...), so
+    that tracked modules re-check their weights on their next call."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
+
+
+EPOCH = Epoch()
 _ROOT_NAMES: dict[str, int] = {}
 _EXCLUDED_CLASSES: dict[type, bool] = {}
 _local = threading.local()
@@ -130,16 +160,20 @@ _local = threading.local()
 def _forget(st: ModuleState) -> Any:
     state_ref = weakref.ref(st)
 
-    # Bind the table now: at interpreter shutdown module globals may already be cleared.
-    def callback(_: object, _states: dict[int, ModuleState] = STATES) -> None:
+    # Everything the callback uses is bound now: at interpreter exit module globals may already be None.
+    def callback(_: object, _states: dict[int, ModuleState] = STATES, _drop: Any = drop_engine,
+                 _release: Any = release_samples) -> None:
         state = state_ref()
         if state is None:
             return
-        if _states.get(state.key) is state:
-            del _states[state.key]
-        for sig in state.signatures.values():
-            drop_engine(sig)
-            release_samples(sig)
+        try:
+            if _states.get(state.key) is state:
+                del _states[state.key]
+            for sig in state.signatures.values():
+                _drop(sig)
+                _release(sig)
+        except Exception:  # at interpreter exit the helpers' own globals may be gone; nothing to free
+            pass
     return callback
 
 
@@ -156,13 +190,13 @@ def reset() -> None:
     with LOCK:
         for st in list(STATES.values()):
             for sig in st.signatures.values():
-                if sig.engine is not None:
-                    sig.engine.release()
+                drop_engine(sig)
+                release_samples(sig)
         STATES.clear()
         ORDER.clear()
-        SAMPLE_BYTES[0] = 0
         _ROOT_NAMES.clear()
         _EXCLUDED_CLASSES.clear()
+        EPOCH.value = 0
 
 
 def tracked_states(*, alive_only: bool = False) -> list[ModuleState]:
@@ -283,7 +317,7 @@ def _consider(st: ModuleState, module: torch.nn.Module | None, settings: Any) ->
         _activate_children(st, settings)
         return
     st.set_status("active")
-    st.normalizer = InputNormalizer(module.forward)
+    st.table = SignatureTable(module.forward)
     logger.info("%s: recording (%s, %s parameters)", st.name, st.qualname, f"{n_params:,}")
 
 
@@ -293,7 +327,7 @@ def _activate_children(st: ModuleState, settings: Any) -> None:
             _consider(child, child.ref(), settings)
 
 
-def give_up(st: ModuleState, status: str, reason: str, settings: Any) -> None:
+def give_up(st: ModuleState, status: ModuleStatus, reason: str, settings: Any) -> None:
     """The module stays eager: try its children (caller holds LOCK)."""
     for sig in st.signatures.values():
         drop_engine(sig)
@@ -311,37 +345,3 @@ def detach_descendants(st: ModuleState) -> None:
                 drop_engine(sig)
                 release_samples(sig)
             d.set_status("detached", f"inside the engine of {st.name}")
-
-
-def release_samples(sig: SignatureRecord) -> None:
-    with sig.lock:
-        SAMPLE_BYTES[0] -= sum(s.nbytes for s in sig.samples)
-        sig.samples.clear()
-
-
-def drop_engine(sig: SignatureRecord) -> None:
-    if sig.engine is not None:
-        sig.engine.release()
-        sig.engine = None
-
-
-def fingerprint(module: torch.nn.Module) -> tuple[tuple[Any, ...], int]:
-    """(identity, storage, dtype, device and shape of every parameter and buffer), and the sum of their
-    version counters. Versions only grow, so a changed sum means some tensor was modified in place."""
-    ids: list[Any] = []
-    versions = 0
-    for t in _weights(module):
-        ids.append((id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape)))
-        versions += t._version
-    return tuple(ids), versions
-
-
-def version_sum(module: torch.nn.Module) -> int:
-    return sum(t._version for t in _weights(module))
-
-
-def _weights(module: torch.nn.Module) -> Iterator[torch.Tensor]:
-    yield from module.parameters()
-    for b in module.buffers():
-        if b is not None:
-            yield b

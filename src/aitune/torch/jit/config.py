@@ -23,14 +23,13 @@ from pydantic import Field, ValidationError, field_serializer, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from aitune.torch._errors import UnknownBackendError
-from aitune.torch._settings_sources import (
-    SettingItemError,
-    TrackedSettings,
-    load_settings,
-    register_scope,
-    summarize_validation_error,
-)
+from aitune.torch._settings._model import TrackedSettings, register_scope
+from aitune.torch._settings._problems import SettingItemError, summarize_validation_error
+from aitune.torch._settings._sources import load_settings
+from aitune.torch._units import parse_byte_size
 from aitune.torch.backend import Backend, backend_names, create_backend, get_backend_class
+from aitune.torch.config import config as global_config
+from aitune.torch.tune_strategy import STRATEGY_NAMES
 
 
 class JITMode(enum.StrEnum):
@@ -44,8 +43,6 @@ class JITMode(enum.StrEnum):
     INSPECT = "inspect"
 
 
-#: Names accepted for `strategy`, besides strategy objects.
-STRATEGY_NAMES = ("highest_throughput", "first_wins", "one_backend")
 DEFAULT_EXCLUDE_PACKAGES = ("torch._", "torch.fx", "torch.jit", "torch.ao", "torch.export", "torch.onnx",
                             "torch.utils", "torch_tensorrt", "aitune")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "OFF")
@@ -232,7 +229,10 @@ class JITConfig(TrackedSettings):
             return None
         if isinstance(value, (str, Path)):
             # Resolved now: a script that changes directory must not move the report.
-            return Path(value).expanduser().absolute()
+            try:
+                return Path(value).expanduser().absolute()
+            except RuntimeError as e:  # `~user` of no user
+                raise ValueError(f"cannot expand '~' in {str(value)!r} ({e})") from None
         return value
 
     @field_validator("cache_dir", "cache_secret_file", mode="before")
@@ -241,15 +241,17 @@ class JITConfig(TrackedSettings):
         if isinstance(value, str) and not value.strip():
             return None
         if isinstance(value, (str, Path)):
-            return Path(value).expanduser().absolute()
+            try:
+                return Path(value).expanduser().absolute()
+            except RuntimeError:
+                # `~user` of no user: kept as given; opening the cache then says so once and the script runs on.
+                return Path(value)
         return value
 
     @field_validator("cache_max_bytes", mode="before")
     @classmethod
     def _parse_cache_bytes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            from aitune.torch.config import parse_byte_size
-
             return parse_byte_size(value)
         return value
 
@@ -275,6 +277,74 @@ config = JITConfig()
 register_scope(config, toml_table=None, py_name="config", namespace={"JITMode": JITMode})
 
 
+class _View:
+    """The JIT and global settings as the JIT front reads them: always the live objects (so a user's
+    `config.min_samples = 5` after enabling applies), consulted only on the slow path (discovery, recording,
+    tuning), never for a module that passes straight through."""
+
+    @property
+    def mode(self) -> str:
+        return str(getattr(config.mode, "value", config.mode))
+
+    @property
+    def tune_eagerly(self) -> bool:
+        return self.mode == "tune_eager"
+
+    @property
+    def record_nested(self) -> bool:
+        """In deferred and inspect modes every level records at once, so a parent that stays eager does not
+        leave its children without samples."""
+        return self.mode != "tune_eager"
+
+    @property
+    def min_samples(self) -> int:
+        return int(config.min_samples)
+
+    @property
+    def max_depth_level(self) -> int:
+        return int(config.max_depth_level)
+
+    @property
+    def min_parameters(self) -> int:
+        return int(config.min_parameters)
+
+    @property
+    def skip_modules(self) -> list[str]:
+        return list(config.skip_modules)
+
+    @property
+    def exclude_packages(self) -> list[str]:
+        return list(config.exclude_packages)
+
+    @property
+    def report(self) -> Path | None:
+        return config.report
+
+    @property
+    def summary(self) -> bool:
+        return bool(config.summary)
+
+    @property
+    def progress(self) -> bool:
+        return bool(config.progress)
+
+    @property
+    def max_num_samples_stored(self) -> int:
+        return int(global_config.max_num_samples_stored)
+
+    @property
+    def max_samples_bytes(self) -> int:
+        return int(global_config.max_samples_bytes)
+
+    @property
+    def strict(self) -> bool:
+        return bool(global_config.strict)
+
+
+#: What the JIT front reads its settings through.
+SETTINGS = _View()
+
+
 def load_jit_config() -> None:
     """Re-read all sources into `config` (and the global settings) in place; fields set from code are kept.
 
@@ -284,4 +354,4 @@ def load_jit_config() -> None:
     load_settings()
 
 
-__all__ = ["DEFAULT_EXCLUDE_PACKAGES", "STRATEGY_NAMES", "JITConfig", "JITMode", "config", "load_jit_config"]
+__all__ = ["DEFAULT_EXCLUDE_PACKAGES", "SETTINGS", "JITConfig", "JITMode", "config", "load_jit_config"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from aitune.torch.jit import _report, _tuner
-from aitune.torch.jit._settings import SETTINGS
+from aitune.torch.jit.config import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def deferred() -> int:
             break
     try:
         _report.write_report()
-    except Exception:
+    except Exception:  # the report is a by-product: failing to write it never fails the script
         logger.debug("writing the report failed", exc_info=True)
     return total
 

@@ -152,7 +152,7 @@ def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> Candida
     try:
         with _Heartbeat(f"{job.name} with {desc}", job.progress):
             engine = backend.build(job.module, job.signature, job.samples, job.device)
-    except Exception as e:
+    except Exception as e:  # a backend that cannot build rejects its candidate (strict mode raises)
         logger.info("  %s: build failed: %s", desc, _error_text(e))
         logger.debug("build failure detail:\n%s", traceback.format_exc())
         if job.strict:
@@ -191,7 +191,7 @@ def check(job: TuneJob, backend: Backend, engine: Engine, *, build_s: float | No
             if measure:
                 result.latency_ms = job.time(engine)
             result.ok = True
-    except Exception as e:
+    except Exception as e:  # an engine that fails on a sample is rejected (strict mode raises)
         logger.debug("check failure detail:\n%s", traceback.format_exc())
         if job.strict:
             raise TuningError(f"{desc} failed while running {job.name}: {_error_text(e)}", module_name=job.name,

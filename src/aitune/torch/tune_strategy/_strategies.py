@@ -67,7 +67,19 @@ def _all_failed_reason(results: Sequence[CandidateResult]) -> str:
     return "no candidate worked: " + "; ".join(f"{r.backend}: {r.error}" for r in results)
 
 
-STRATEGY_NAMES: dict[str, type[TuneStrategy]] = {
-    "highest_throughput": HighestThroughputStrategy,
-    "first_wins": FirstWinsStrategy,
-}
+#: The names a configuration may give a strategy (`config.strategy`), in one place.
+STRATEGY_NAMES = ("highest_throughput", "first_wins", "one_backend")
+
+
+def strategy_named(name: str, backends: Sequence[Backend]) -> TuneStrategy:
+    """The strategy of a configured name (see STRATEGY_NAMES); `one_backend` needs exactly one backend."""
+    if name == "first_wins":
+        return FirstWinsStrategy()
+    if name == "one_backend":
+        if len(backends) != 1:
+            raise ValueError(f"strategy 'one_backend' needs exactly one backend in config.backends, got "
+                             f"{len(backends)}: {', '.join(b.describe() for b in backends)}")
+        return OneBackendStrategy(backends[0])
+    if name == "highest_throughput":
+        return HighestThroughputStrategy()
+    raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGY_NAMES)}")

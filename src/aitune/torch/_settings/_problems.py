@@ -1,6 +1,6 @@
 """Error messages for the settings: each bad value reported with its field, source, value and what is accepted.
 
-pydantic's ValidationError is rewritten into `_Problem`s that name where each value came from (env var, file
+pydantic's ValidationError is rewritten into `Problem`s that name where each value came from (env var, file
 and line, or the assigning line of code), and several problems from one load are reported together in one
 ConfigError.
 """
@@ -10,14 +10,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from aitune.torch._errors import ConfigError
-
-if TYPE_CHECKING:  # the base class imports this module to rewrite its assignment errors
-    from aitune.torch._settings_base import TrackedSettings
 
 
 class SettingItemError(ValueError):
@@ -30,7 +27,7 @@ class SettingItemError(ValueError):
 
 
 @dataclass
-class _Raw:
+class Raw:
     """A value as one source gave it, and where it came from."""
 
     value: Any
@@ -40,8 +37,9 @@ class _Raw:
 
 
 @dataclass
-class _Problem:
-    cls: type[TrackedSettings]
+class Problem:
+    #: The settings class (a `_model.TrackedSettings` subclass; that module imports this one, not the reverse).
+    cls: Any
     field: str
     source: str
     value: Any
@@ -58,7 +56,7 @@ class _Problem:
                 f"    source:   {self.source}\n    value:    {shown}\n    accepted: {accepted}")
 
 
-def _error(problems: list[_Problem]) -> ConfigError:
+def config_error(problems: list[Problem]) -> ConfigError:
     if len(problems) == 1:
         message = "invalid " + problems[0].render()
     else:
@@ -70,7 +68,7 @@ def _strip(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def problems_from(cls: type[TrackedSettings], exc: ValidationError, raws: Mapping[str, _Raw]) -> list[_Problem]:
+def problems_from(cls: Any, exc: ValidationError, raws: Mapping[str, Raw]) -> list[Problem]:
     """Turn pydantic's errors into problems that name each value's source."""
     problems = []
     for err in exc.errors():
@@ -86,7 +84,7 @@ def problems_from(cls: type[TrackedSettings], exc: ValidationError, raws: Mappin
         if len(loc) > 1:
             reason = f"at {'.'.join(map(str, loc[1:]))}: {reason}"
         shown = (raw.text if raw.text is not None else raw.value) if raw is not None else err.get("input")
-        problems.append(_Problem(cls, name, source, shown, reason))
+        problems.append(Problem(cls, name, source, shown, reason))
     return problems
 
 
@@ -101,6 +99,6 @@ def summarize_validation_error(exc: ValidationError, title: str | None = None) -
     return "; ".join(parts)
 
 
-def _did_you_mean(name: str, options: Any) -> str:
+def did_you_mean(name: str, options: Any) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -1,4 +1,5 @@
-"""`ait.Module`: a transparent wrapper that marks a module for explicit tuning with `ait.tune`.
+"""`ait.Module`: a transparent wrapper that marks a module for explicit tuning with `ait.tune`, and finding the
+wrappers of a model or pipeline (`find_wrappers`).
 
 The wrapper is a `wrapt.ObjectProxy`: attributes, `state_dict`, `parameters()`, hooks and `isinstance` checks
 all reach the wrapped module, and it can be assigned as a submodule (`parent.block = ait.Module(parent.block)`)
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aitune.torch._explicit import ModuleRuntime
+from aitune.torch._explicit._runtime import ModuleRuntime
 from aitune.torch.tune_strategy import TuneStrategy
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 else:
     from wrapt import ObjectProxy as _Proxy
 
-__all__ = ["Module", "ModuleRuntime", "runtime_of"]
+__all__ = ["Module", "ModuleRuntime", "find_wrappers", "runtime_of"]
 
 #: Methods of torch.nn.Module that return the module itself: on the wrapper they return the wrapper.
 _SELF_RETURNING = ("to", "to_empty", "cuda", "cpu", "xpu", "ipu", "mtia", "half", "float", "double", "bfloat16",
@@ -157,3 +158,47 @@ def runtime_of(obj: Any) -> ModuleRuntime | None:
         runtime: ModuleRuntime = obj._self_runtime
         return runtime
     return None
+
+
+# -- finding wrappers ---------------------------------------------------------------------------------------------
+
+def find_wrappers(obj: Any) -> list[ModuleRuntime]:
+    """The runtimes of the wrappers reachable from `obj` (see the module docstring), outermost first."""
+    found: dict[int, ModuleRuntime] = {}
+    seen: set[int] = set()
+    if isinstance(obj, torch.nn.Module):
+        _walk(obj, found, seen)
+        return list(found.values())
+    for value in _attributes(obj):
+        if isinstance(value, torch.nn.Module):
+            _walk(value, found, seen)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, torch.nn.Module):
+                    _walk(item, found, seen)
+        elif isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, torch.nn.Module):
+                    _walk(item, found, seen)
+    return list(found.values())
+
+
+def _attributes(obj: Any) -> list[Any]:
+    try:
+        return list(vars(obj).values())
+    except TypeError:
+        return []
+
+
+def _walk(module: torch.nn.Module, found: dict[int, ModuleRuntime], seen: set[int]) -> None:
+    # A parent's `_modules` holds the wrapper itself; named_modules() would yield the wrapped module instead.
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        rt = runtime_of(m)
+        if rt is not None:
+            found.setdefault(id(rt), rt)
+        stack.extend(child for child in reversed(list(m._modules.values())) if child is not None)

@@ -8,7 +8,8 @@ Why not pydantic-settings' own source chain: every value must carry where it cam
 and line) so that a bad value is reported against its source, env must accept comma lists, and reading must
 happen when the hook chooses, not at import. So a model reads nothing at construction
 (`settings_customise_sources` keeps only init arguments) and this module is the explicit source chain.
-The settings base class and scope tracking live in `_settings_base`, error messages in `_settings_errors`.
+The settings base class and the registry of scopes live in `_model`, error messages in `_problems`;
+scopes are known by registration only (a settings module registers its singleton when it is imported).
 
 Known limits:
 - TOML line numbers come from scanning the text for `key =` under the right table header; a key inside a
@@ -19,12 +20,10 @@ Known limits:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import re
-import threading
 import tomllib
 import types
 from collections.abc import Mapping
@@ -34,13 +33,21 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import ValidationError
 
 from aitune.torch._errors import ConfigError
-from aitune.torch._settings_base import _SCOPES, _STATE, TrackedSettings, _copy, _loading, _Scope, register_scope
-from aitune.torch._settings_errors import (
+from aitune.torch._settings._model import (
+    LOAD_STATE,
+    SCOPES,
+    Scope,
+    TrackedSettings,
+    copy_value,
+    loading,
+    register_scope,
+)
+from aitune.torch._settings._problems import (
+    Problem,
+    Raw,
     SettingItemError,
-    _did_you_mean,
-    _error,
-    _Problem,
-    _Raw,
+    config_error,
+    did_you_mean,
     problems_from,
     summarize_validation_error,
 )
@@ -57,8 +64,6 @@ _FILE_ACCEPTED = ("a path to an existing .toml file (declarative settings) or .p
                   "see the examples in aitune's configs/ folder")
 
 
-_LOCK = threading.RLock()
-_LOADED = False
 
 
 # --- sources --------------------------------------------------------------------------------------------------
@@ -100,7 +105,7 @@ def _parse_env_text(annotation: Any, text: str) -> Any:
 
 
 def _env_layer(cls: type[TrackedSettings], env: Mapping[str, tuple[str, str]],
-               problems: list[_Problem]) -> dict[str, _Raw]:
+               problems: list[Problem]) -> dict[str, Raw]:
     layer = {}
     for name, info in cls.model_fields.items():
         entry = env.get(cls.env_name(name))
@@ -109,9 +114,9 @@ def _env_layer(cls: type[TrackedSettings], env: Mapping[str, tuple[str, str]],
         var, text = entry
         source = f"environment variable {var}"
         try:
-            layer[name] = _Raw(_parse_env_text(info.annotation, text), source, text=text)
+            layer[name] = Raw(_parse_env_text(info.annotation, text), source, text=text)
         except ValueError as exc:
-            problems.append(_Problem(cls, name, source, text, str(exc)))
+            problems.append(Problem(cls, name, source, text, str(exc)))
     return layer
 
 
@@ -136,10 +141,10 @@ def _toml_lines(text: str) -> _TomlLines:
     return lines
 
 
-def _toml_layer(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path | None,
-                problems: list[_Problem]) -> dict[str, _Raw]:
+def _toml_layer(scope: Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path | None,
+                problems: list[Problem]) -> dict[str, Raw]:
     cls = type(scope.model)
-    tables = sorted(s.toml_table for s in _SCOPES if s.toml_table)
+    tables = sorted(s.toml_table for s in SCOPES if s.toml_table)
 
     def label(table: str, index: int | None, key: str) -> str:
         line = lines.get((table, index, key)) or lines.get((f"{table}.{key}" if table else key, index, ""))
@@ -150,7 +155,7 @@ def _toml_layer(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: 
     else:
         table_name, table = scope.toml_table, doc.get(scope.toml_table, {})
         if not isinstance(table, dict):
-            problems.append(_Problem(cls, scope.toml_table, label("", None, scope.toml_table), table,
+            problems.append(Problem(cls, scope.toml_table, label("", None, scope.toml_table), table,
                                      "must be a table", f"a [{scope.toml_table}] table of {cls.scope_label} settings"))
             return {}
     layer = {}
@@ -158,7 +163,7 @@ def _toml_layer(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: 
         source = label(table_name, None, key)
         if key not in cls.model_fields:
             more = "" if scope.toml_table else "".join(f", or a [{t}] table" for t in tables)
-            problems.append(_Problem(cls, key, source, value, "unknown setting" + _did_you_mean(key, cls.model_fields),
+            problems.append(Problem(cls, key, source, value, "unknown setting" + did_you_mean(key, cls.model_fields),
                                      f"{cls.scope_label} settings: {', '.join(cls.model_fields)}{more}"))
             continue
         items = None
@@ -170,21 +175,21 @@ def _toml_layer(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: 
                          for i, v in enumerate(value)]
             else:
                 items = [{"": source} for _ in value]
-        layer[key] = _Raw(value, source, items=items)
+        layer[key] = Raw(value, source, items=items)
     return layer
 
 
 def _toml_hint() -> str:
     tables = ", ".join(f"a [{s.toml_table}] table of {type(s.model).scope_label} settings"
-                       for s in _SCOPES if s.toml_table)
+                       for s in SCOPES if s.toml_table)
     return ("A .toml override file holds JIT settings as top-level keys (e.g. mode = \"inspect\"), [[backends]] "
             f"tables with name = \"<backend>\" and that backend's options, and optionally {tables}; "
             "see configs/inductor.toml.")
 
 
 def _py_hint() -> str:
-    names = [f"`{s.py_name}` ({type(s.model).scope_label} settings)" for s in _SCOPES]
-    names += [f"`{n}`" for s in _SCOPES for n in s.namespace]
+    names = [f"`{s.py_name}` ({type(s.model).scope_label} settings)" for s in SCOPES]
+    names += [f"`{n}`" for s in SCOPES for n in s.namespace]
     return (f"A .py override file is executed once per load with {', '.join(names)} defined and sets their fields, "
             "e.g. config.backends = [TorchInductorJitBackend(mode=\"max-autotune\")]; "
             "see configs/inductor_max_autotune.py.")
@@ -243,11 +248,11 @@ def _run_py(path: Path) -> None:
         raise ConfigError(f"{path}: cannot read the override file: {exc}", field=CONFIG_FILE_ENV,
                           source=str(path)) from None
     namespace: dict[str, Any] = {"__name__": "__aitune_config__", "__file__": str(path)}
-    for scope in _SCOPES:
+    for scope in SCOPES:
         namespace.update(scope.namespace)
         namespace[scope.py_name] = scope.model
     try:
-        with _loading(None):
+        with loading(None):
             exec(code, namespace)  # noqa: S102 - running the user's override file is the feature
     except ConfigError as exc:
         if exc.source and exc.source.startswith(str(path)):
@@ -258,7 +263,7 @@ def _run_py(path: Path) -> None:
         where = _line_in(exc, path)
         raise ConfigError(f"{where}: {summarize_validation_error(exc)}. {_py_hint()}", field=CONFIG_FILE_ENV,
                           source=where) from None
-    except Exception as exc:
+    except Exception as exc:  # anything the user's override file raises becomes one message naming its line
         where = _line_in(exc, path)
         raise ConfigError(f"{where}: the override file raised {type(exc).__name__}: {exc}. {_py_hint()}",
                           field=CONFIG_FILE_ENV, source=where) from exc
@@ -266,12 +271,12 @@ def _run_py(path: Path) -> None:
 
 # --- loading ----------------------------------------------------------------------------------------------------
 
-def _plan(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path | None,
+def _plan(scope: Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path | None,
           env: Mapping[str, tuple[str, str]],
-          problems: list[_Problem]) -> tuple[TrackedSettings | None, dict[str, _Raw]]:
+          problems: list[Problem]) -> tuple[TrackedSettings | None, dict[str, Raw]]:
     """Validate each source alone (so every bad value is reported against its source), then all merged."""
     cls = type(scope.model)
-    merged: dict[str, _Raw] = {}
+    merged: dict[str, Raw] = {}
     ok = True
     for layer in (_toml_layer(scope, doc, lines, path, problems), _env_layer(cls, env, problems)):
         if not layer:
@@ -284,7 +289,7 @@ def _plan(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path |
         for key, raw in layer.items():
             below = merged.get(key)
             if below is not None and isinstance(below.value, dict) and isinstance(raw.value, dict):
-                raw = _Raw({**below.value, **raw.value}, raw.source, None, raw.items)  # dicts merge key-wise
+                raw = Raw({**below.value, **raw.value}, raw.source, None, raw.items)  # dicts merge key-wise
             merged[key] = raw
     if not ok:
         return None, merged
@@ -295,13 +300,13 @@ def _plan(scope: _Scope, doc: Mapping[str, Any], lines: _TomlLines, path: Path |
         return None, merged
 
 
-def _apply(scope: _Scope, fresh: TrackedSettings, merged: Mapping[str, _Raw]) -> dict[str, tuple[Any, str]]:
+def _apply(scope: Scope, fresh: TrackedSettings, merged: Mapping[str, Raw]) -> dict[str, tuple[Any, str]]:
     """Write the loaded values into the singleton, skipping fields set from code; return those to restore."""
     code = scope.code_fields()
-    kept = {f: (_copy(getattr(scope.model, f)), scope.sources.get(f, "code")) for f in code}
+    kept = {f: (copy_value(getattr(scope.model, f)), scope.sources.get(f, "code")) for f in code}
     for name in scope.fields():
         if name not in code:
-            with _loading(merged[name].source if name in merged else "default"):
+            with loading(merged[name].source if name in merged else "default"):
                 setattr(scope.model, name, getattr(fresh, name))
     return kept
 
@@ -312,27 +317,23 @@ def load_settings() -> None:
     Fields set from code before the call keep their values. Raises ConfigError (naming field, source, value
     and what is accepted) and then leaves the settings as they were.
     """
-    global _LOADED
-    for module in ("aitune.torch.config", "aitune.torch.jit.config"):
-        importlib.import_module(module)  # registers its scope; not at top: those modules import this one
-
-    with _LOCK:
-        if _STATE.loading:
+    with SCOPES.lock:
+        if LOAD_STATE.loading:
             raise ConfigError("settings are being loaded already (is the override file loading them again?)",
                               field=CONFIG_FILE_ENV)
         env = _aitune_environ()
         path = override_file_path(env)
         is_toml = path is not None and path.suffix.lower() == ".toml"
         doc, lines = _read_toml(path) if is_toml and path is not None else ({}, {})
-        problems: list[_Problem] = []
-        plans = [(scope, *_plan(scope, doc, lines, path if is_toml else None, env, problems)) for scope in _SCOPES]
+        problems: list[Problem] = []
+        plans = [(scope, *_plan(scope, doc, lines, path if is_toml else None, env, problems)) for scope in SCOPES]
         if problems:
-            raise _error(problems)
-        known = {type(s.model).env_name(f) for s in _SCOPES for f in s.fields()} | {CONFIG_FILE_ENV}
+            raise config_error(problems)
+        known = {type(s.model).env_name(f) for s in SCOPES for f in s.fields()} | {CONFIG_FILE_ENV}
         for key, (var, _) in env.items():
             if key not in known:
-                logger.warning("ignoring unknown environment variable %s%s", var, _did_you_mean(key, known))
-        saved = [scope.save() for scope in _SCOPES]
+                logger.warning("ignoring unknown environment variable %s%s", var, did_you_mean(key, known))
+        saved = [scope.save() for scope in SCOPES]
         try:
             kept = []
             for scope, fresh, merged in plans:
@@ -340,21 +341,21 @@ def load_settings() -> None:
                 kept.append(_apply(scope, fresh, merged))
             if path is not None and not is_toml:
                 _run_py(path)
-            for scope, keep in zip(_SCOPES, kept, strict=True):
+            for scope, keep in zip(SCOPES, kept, strict=True):
                 for name, (value, source) in keep.items():  # code beats every source, the .py file included
-                    with _loading(source):
+                    with loading(source):
                         setattr(scope.model, name, value)
                     scope.code_set.add(name)
         except BaseException:
-            for scope, state in zip(_SCOPES, saved, strict=True):
+            for scope, state in zip(SCOPES, saved, strict=True):
                 scope.restore(state)
             raise
-        for scope in _SCOPES:
+        for scope in SCOPES:
             scope.mark_applied()
-        _LOADED = True
+        SCOPES.loaded = True
     if path is not None:
         logger.info("aitune settings: override file %s", path)
-    for scope in _SCOPES:
+    for scope in SCOPES:
         for name, source in scope.sources.items():
             if source != "default":
                 logger.debug("%s setting %s=%r from %s", type(scope.model).scope_label, name,
@@ -363,20 +364,19 @@ def load_settings() -> None:
 
 def ensure_settings_loaded() -> None:
     """Load the settings once per process (for entry points other than the hook, e.g. ahead-of-time tuning)."""
-    if not _LOADED:
+    if not SCOPES.loaded:
         load_settings()
 
 
 def reset_settings() -> None:
     """Put every singleton back to its defaults and forget what code set (for tests)."""
-    global _LOADED
-    with _LOCK:
-        for scope in _SCOPES:
+    with SCOPES.lock:
+        for scope in SCOPES:
             fresh = type(scope.model)()
-            with _loading("default"):
+            with loading("default"):
                 for name in scope.fields():
                     setattr(scope.model, name, getattr(fresh, name))
             scope.code_set.clear()
             scope.sources = {f: "default" for f in scope.fields()}
             scope.mark_applied()
-        _LOADED = False
+        SCOPES.loaded = False

@@ -64,7 +64,7 @@ class LiveCheck(Engine):
         out = self._module(*args, **kwargs)
         try:
             got = self.engine(*copies[0], **copies[1])
-        except Exception as e:
+        except Exception as e:  # an engine on probation that fails is dropped; the call has eager's result
             self._reject(f"it failed on a live call ({type(e).__name__}: {str(e)[:200]})", out)
         verdict = compare_outputs(out, got, self._tolerances, getattr(self.engine, "compute_dtype", None))
         if not verdict.ok:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from aitune.torch._errors import UsageError
-from aitune.torch._module import runtime_of
+from aitune.torch._explicit._dataset import run_dataset
+from aitune.torch._explicit._module import runtime_of
 from aitune.torch._samples import InputNormalizer, signature_key
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,6 @@ def inspect(model_or_pipeline: Any, dataset: Iterable[Any],
             inference_function: Callable[..., Any] | None = None) -> InspectResult:
     """Run `dataset` once through `inference_function` (default: the model or pipeline itself; items are passed
     as in `ait.tune`) and measure the top-level modules. The model is left unchanged."""
-    from aitune.torch._api import run_dataset
-
     f = inference_function if inference_function is not None else model_or_pipeline
     if not callable(f):
         raise UsageError(f"{type(f).__name__} is not callable: pass inference_function= to say how to run it",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from aitune.torch._errors import UsageError
-from aitune.torch._module import Module, runtime_of
+from aitune.torch._explicit._module import Module, runtime_of
 from aitune.torch.tune_strategy import TuneStrategy
 
 logger = logging.getLogger(__name__)

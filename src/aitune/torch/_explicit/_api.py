@@ -1,7 +1,8 @@
 """`ait.tune`: record the `ait.Module` wrappers of a model or pipeline on a dataset, then tune them.
 
-Each recorded input signature of each wrapper is tuned through the step JIT mode uses (`_tuning.make_job`,
-`_tuning.run`), with the wrapper's strategy for that signature; winners are installed, the rest stay eager.
+Each recorded input signature of each wrapper is tuned through the step JIT mode uses (the shared signature
+runtime's `_signature._decide.decide`), with the wrapper's strategy for that signature; winners are installed,
+the rest stay eager.
 
 Wrappers are found from the object given: the object itself, the submodules of an nn.Module (through each
 module's `_modules`, where a wrapper assigned into a parent sits), and for any other object (a pipeline) its
@@ -19,19 +20,22 @@ calls with shapes outside its range do not widen it (wrap again, or `enable_pass
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from aitune.torch import _tuning, cache
-from aitune.torch._errors import AITuneError, TuningError, UsageError
-from aitune.torch._explicit import ModuleRuntime, Quiet, live_runtimes, release_samples
-from aitune.torch._module import runtime_of
-from aitune.torch._samples import SignatureRecord, first_device
-from aitune.torch._settings_sources import ensure_settings_loaded
-from aitune.torch.backend import Backend
-from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneOutcome, TuneStrategy
+from aitune.torch import cache
+from aitune.torch._errors import UsageError
+from aitune.torch._explicit._dataset import run_dataset
+from aitune.torch._explicit._module import find_wrappers
+from aitune.torch._explicit._runtime import LIVE, ModuleRuntime, RuntimeState
+from aitune.torch._samples import SignatureRecord
+from aitune.torch._settings._sources import ensure_settings_loaded
+from aitune.torch._signature._decide import Plan, candidates, decide
+from aitune.torch._signature._record import release_samples
+from aitune.torch.jit.config import SETTINGS, config
+from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneStrategy
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
                          obj=model_or_pipeline)
     # Without wrappers reachable from the object, record every live one and tune those the run called.
     scoped = not found
-    runtimes = found or live_runtimes()
+    runtimes = found or LIVE.alive()
     if not runtimes:
         raise UsageError(f"there is no ait.Module to tune: {_WRAP_HINT}", obj=model_or_pipeline or func)
     before = {id(rt): (rt.state, rt.calls) for rt in runtimes}
@@ -105,72 +109,13 @@ def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
     return model_or_pipeline if model_or_pipeline is not None else func
 
 
-def run_dataset(f: Callable[..., Any], dataset: Iterable[Any]) -> int:
-    """Call `f` on every item (mapping: keywords; tuple or list: positional; else one argument), no grad."""
-    count = 0
-    with torch.no_grad():
-        for item in dataset:
-            if isinstance(item, Mapping):
-                f(**item)
-            elif isinstance(item, (tuple, list)):
-                f(*item)
-            else:
-                f(item)
-            count += 1
-    return count
-
-
-def _restore(rt: ModuleRuntime, state: str) -> None:
+def _restore(rt: ModuleRuntime, state: RuntimeState) -> None:
     """Undo `enable_recording` for a wrapper that will not be tuned now."""
     with rt.lock:
         for sig in rt.signatures.values():
             if sig.status == "recording":
                 release_samples(sig)
         rt.state = state
-
-
-# -- finding wrappers ---------------------------------------------------------------------------------------------
-
-def find_wrappers(obj: Any) -> list[ModuleRuntime]:
-    """The runtimes of the wrappers reachable from `obj` (see the module docstring), outermost first."""
-    found: dict[int, ModuleRuntime] = {}
-    seen: set[int] = set()
-    if isinstance(obj, torch.nn.Module):
-        _walk(obj, found, seen)
-        return list(found.values())
-    for value in _attributes(obj):
-        if isinstance(value, torch.nn.Module):
-            _walk(value, found, seen)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, torch.nn.Module):
-                    _walk(item, found, seen)
-        elif isinstance(value, dict):
-            for item in value.values():
-                if isinstance(item, torch.nn.Module):
-                    _walk(item, found, seen)
-    return list(found.values())
-
-
-def _attributes(obj: Any) -> list[Any]:
-    try:
-        return list(vars(obj).values())
-    except TypeError:
-        return []
-
-
-def _walk(module: torch.nn.Module, found: dict[int, ModuleRuntime], seen: set[int]) -> None:
-    # A parent's `_modules` holds the wrapper itself; named_modules() would yield the wrapped module instead.
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        rt = runtime_of(m)
-        if rt is not None:
-            found.setdefault(id(rt), rt)
-        stack.extend(child for child in reversed(list(m._modules.values())) if child is not None)
 
 
 # -- tuning -------------------------------------------------------------------------------------------------------
@@ -195,62 +140,19 @@ def tune_runtime(rt: ModuleRuntime, default: TuneStrategy | None = None) -> None
         rt.settle()
 
 
-def candidates(device: torch.device) -> list[Backend]:
-    """JIT mode's candidates: `aitune.torch.jit.config.config.backends` if set, else the defaults for `device`."""
-    from aitune.torch.backend._defaults import default_backends
-    from aitune.torch.jit.config import config
-
-    configured = config.backends
-    return list(configured) if configured else default_backends(device)
-
-
 def tune_signature(rt: ModuleRuntime, sig: SignatureRecord, strategy: TuneStrategy | None, label: str) -> None:
-    """Decide for one signature; install the winner or leave it eager. Raises only in strict mode."""
-    from aitune.torch.config import config as global_config
-    from aitune.torch.jit._settings import SETTINGS
+    """Decide for one signature through the shared step; the winner is installed, or it stays eager. Raises only
+    in strict mode."""
+    chosen = strategy if strategy is not None else HighestThroughputStrategy()
 
-    with rt.lock:
-        if sig.status != "recording" or not sig.samples:
-            return
-        sig.status = "tuning"
-    samples = list(sig.samples)
-    outcome: TuneOutcome | None = None
-    error: BaseException | None = None
-    reference = None
-    try:
-        device = first_device(samples)
-        chosen = strategy if strategy is not None else HighestThroughputStrategy()
-        backends = chosen.backends if chosen.backends is not None else candidates(device)
-        logger.info("%s: tuning on %s with %d sample(s); %s over %s", label, device, len(samples), chosen.describe(),
-                    ", ".join(b.describe() for b in backends) or "no backend")
-        job = _tuning.make_job(rt.module, rt.name, sig, samples, device, backends, progress=SETTINGS.progress)
-        with Quiet():
-            outcome = _tuning.run(job, chosen, cache.configured_store())
-            reference = job.timing_sample() if outcome.winner is not None else None
-    except Exception as e:
-        error = e
-    if outcome is not None:
-        sig.candidates = [c.to_report() for c in outcome.candidates]
-        sig.cache = outcome.cache
-    winner = outcome.winner if outcome is not None and error is None else None
-    if winner is not None and winner.engine is not None and outcome is not None:
-        sig.freeze_engine_range(samples)
-        sig.reference = reference
-        rt.install(sig, winner, outcome.eager_latency_ms)
-        release_samples(sig)
-        eager, tuned = outcome.eager_latency_ms, winner.latency_ms
-        speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""
-        logger.info("%s: tuned with %s%s", label, winner.backend, speed)
+    def plan(device: torch.device) -> Plan:
+        return Plan(chosen, list(chosen.backends) if chosen.backends is not None else candidates(device,
+                                                                                                 config.backends))
+
+    decision = decide(rt.module, sig, plan, name=rt.name, label=label, store=cache.configured_store(config),
+                      progress=SETTINGS.progress, strict=SETTINGS.strict)
+    if decision is None:
         return
-    reason = (f"{type(error).__name__}: {error}" if error is not None
-              else (outcome.reason if outcome is not None and outcome.reason else "not tuned"))
-    with rt.lock:
-        sig.status = "eager"
-        sig.reason = reason[:500]
-        sig.eager_latency_ms = outcome.eager_latency_ms if outcome is not None else None
-    release_samples(sig)
-    logger.info("%s: stays eager (%s)", label, reason[:300])
-    if error is not None and global_config.strict:
-        if isinstance(error, AITuneError):
-            raise error
-        raise TuningError(f"tuning {label} failed: {error}", module_name=rt.name) from error
+    if decision.winner is not None:
+        rt.installed()
+    decision.raise_if_strict()

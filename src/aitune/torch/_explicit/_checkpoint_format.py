@@ -20,6 +20,7 @@ import aitune
 from aitune.torch._archive import Limits, check_members, extract_member
 from aitune.torch._errors import ArchiveError, CheckpointError
 from aitune.torch._fingerprint import file_sha256
+from aitune.torch.config import config as global_config
 
 FORMAT: Literal["aitune-checkpoint"] = "aitune-checkpoint"
 VERSION = 1
@@ -31,7 +32,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _SignatureEntry(_Strict):
+class SignatureEntry(_Strict):
     grad_enabled: bool
     inference_mode: bool
     inputs_file: str
@@ -52,22 +53,22 @@ class _SignatureEntry(_Strict):
     tuned_latency_ms: float | None
 
 
-class _ModuleEntry(_Strict):
+class ModuleEntry(_Strict):
     name: str
     module_class: str
     structure: str
     weights: str
     device: str
-    signatures: list[_SignatureEntry]
+    signatures: list[SignatureEntry]
 
 
-class _Manifest(_Strict):
+class Manifest(_Strict):
     format: Literal["aitune-checkpoint"]
     version: int
     created: float
     libraries: dict[str, str]
     device_model: str
-    modules: list[_ModuleEntry]
+    modules: list[ModuleEntry]
     files: dict[str, str]
 
 
@@ -76,7 +77,7 @@ def sums_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_sha256_sums.txt")
 
 
-def _verify_outer_hash(source: Path) -> None:
+def verify_outer_hash(source: Path) -> None:
     if not source.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file", path=source)
     sums = sums_path(source)
@@ -106,7 +107,7 @@ def _safe_member(name: str) -> bool:
 _MAX_MANIFEST_BYTES = 64 << 20
 
 
-def _read_archive(source: Path, unpacked: Path) -> _Manifest:
+def read_archive(source: Path, unpacked: Path) -> Manifest:
     """Check the archive's members against the size limits, then its manifest, then extract every member into
     `unpacked` (streamed, hashed on the way) and check it against the manifest."""
     try:
@@ -116,7 +117,8 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
     with zf:
         infos = zf.infolist()
         try:
-            check_members(source, infos, Limits.from_config())
+            check_members(source, infos, Limits.of(global_config), source.stat().st_size,
+                          getattr(zf, "start_dir", None))
         except ArchiveError as e:
             raise CheckpointError(str(e), path=source) from None
         by_name = {i.filename: i for i in infos}
@@ -139,7 +141,7 @@ def _read_archive(source: Path, unpacked: Path) -> _Manifest:
             raise CheckpointError(f"{source}: checkpoint format version {data['version']} is newer than this "
                                   f"aitune ({aitune.__version__}) reads ({VERSION}); upgrade aitune", path=source)
         try:
-            manifest = _Manifest.model_validate(data)
+            manifest = Manifest.model_validate(data)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))

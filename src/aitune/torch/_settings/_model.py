@@ -22,27 +22,27 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from aitune.torch._settings_errors import _did_you_mean, _error, _Problem, _Raw, problems_from
+from aitune.torch._settings._problems import Problem, Raw, config_error, did_you_mean, problems_from
 
 
-class _LoadState(threading.local):
+class LoadState(threading.local):
     # Per thread, so an assignment from another thread while a load runs still counts as code.
     loading: bool = False
     source: str | None = None
 
 
-_STATE = _LoadState()
+LOAD_STATE = LoadState()
 
 
 @contextmanager
-def _loading(source: str | None) -> Iterator[None]:
+def loading(source: str | None) -> Iterator[None]:
     """Assignments inside are attributed to `source` (None: to the assigning line) instead of to code."""
-    previous = (_STATE.loading, _STATE.source)
-    _STATE.loading, _STATE.source = True, source
+    previous = (LOAD_STATE.loading, LOAD_STATE.source)
+    LOAD_STATE.loading, LOAD_STATE.source = True, source
     try:
         yield
     finally:
-        _STATE.loading, _STATE.source = previous
+        LOAD_STATE.loading, LOAD_STATE.source = previous
 
 
 def _caller(depth: int) -> str:
@@ -90,7 +90,7 @@ class TrackedSettings(BaseSettings):
 
     def setting_sources(self) -> dict[str, str]:
         """Where each field's current value came from ("default", an env var, file:line, "code at ...")."""
-        scope = _scope_of(self)
+        scope = scope_of(self)
         known = scope.sources if scope is not None else {}
         return {name: known.get(name, "default" if scope else "unknown (a copy)") for name in type(self).model_fields}
 
@@ -99,17 +99,17 @@ class TrackedSettings(BaseSettings):
             super().__setattr__(name, value)
             return
         cls = type(self)
-        loading = _STATE.loading
-        source = _STATE.source if loading and _STATE.source else ("" if loading else "code at ") + _caller(1)
+        loading = LOAD_STATE.loading
+        source = LOAD_STATE.source if loading and LOAD_STATE.source else ("" if loading else "code at ") + _caller(1)
         if name not in cls.model_fields:
-            reason = "unknown setting" + _did_you_mean(name, cls.model_fields)
-            raise _error([_Problem(cls, name, source, value, reason, "one of " + ", ".join(cls.model_fields))])
+            reason = "unknown setting" + did_you_mean(name, cls.model_fields)
+            raise config_error([Problem(cls, name, source, value, reason, "one of " + ", ".join(cls.model_fields))])
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:
             # The rewritten message names field, source, value and what is accepted; pydantic's frames add nothing.
-            raise _error(problems_from(cls, exc, {name: _Raw(value, source)})) from None
-        scope = _scope_of(self)
+            raise config_error(problems_from(cls, exc, {name: Raw(value, source)})) from None
+        scope = scope_of(self)
         if scope is not None:
             scope.sources[name] = source
             if not loading:
@@ -119,7 +119,7 @@ class TrackedSettings(BaseSettings):
 # --- scopes: the singletons load_settings() fills --------------------------------------------------------------
 
 @dataclass(eq=False)
-class _Scope:
+class Scope:
     model: TrackedSettings
     toml_table: str | None  # None: the TOML file's top level
     py_name: str  # the model's name in a .py override file
@@ -133,49 +133,76 @@ class _Scope:
 
     def code_fields(self) -> set[str]:
         """Fields set from code: assigned outside a load, or mutated in place since the last load."""
-        changed = {f for f in self.fields() if not _same(getattr(self.model, f), self.applied.get(f, _Scope))}
+        changed = {f for f in self.fields() if not same_value(getattr(self.model, f), self.applied.get(f, Scope))}
         return self.code_set | changed
 
     def mark_applied(self) -> None:
-        self.applied = {f: _copy(getattr(self.model, f)) for f in self.fields()}
+        self.applied = {f: copy_value(getattr(self.model, f)) for f in self.fields()}
 
     def save(self) -> tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]:
-        values = {f: _copy(getattr(self.model, f)) for f in self.fields()}
+        values = {f: copy_value(getattr(self.model, f)) for f in self.fields()}
         return values, dict(self.sources), set(self.code_set), dict(self.applied)
 
     def restore(self, state: tuple[dict[str, Any], dict[str, str], set[str], dict[str, Any]]) -> None:
         values, sources, code_set, applied = state
         for name, value in values.items():
-            with _loading("restore"):
+            with loading("restore"):
                 setattr(self.model, name, value)
         self.sources, self.code_set, self.applied = sources, code_set, applied
 
 
-_SCOPES: list[_Scope] = []
+class ScopeRegistry:
+    """The settings singletons that loads fill, in registration order, and whether a load has run.
+
+    Each settings module registers its singleton when it is imported (`register_scope`); the loader knows the
+    scopes only through this registry.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: list[Scope] = []
+        #: True once `load_settings()` has run (`ensure_settings_loaded` loads only once per process).
+        self.loaded = False
+        self.lock = threading.RLock()
+
+    def __iter__(self) -> Iterator[Scope]:
+        return iter(list(self._scopes))
+
+    def add(self, scope: Scope) -> None:
+        # A reloaded settings module replaces its scope.
+        self._scopes = [s for s in self._scopes if s.py_name != scope.py_name] + [scope]
+
+    def find(self, model: object) -> Scope | None:
+        return next((s for s in self._scopes if s.model is model), None)
+
+    def named(self, py_name: str) -> Scope | None:
+        """The scope whose singleton is called `py_name` in override files ("config", "global_config")."""
+        return next((s for s in self._scopes if s.py_name == py_name), None)
 
 
-def _copy(value: Any) -> Any:
+SCOPES = ScopeRegistry()
+
+
+def copy_value(value: Any) -> Any:
     # Shallow is enough: list and dict values hold immutable items or objects compared by identity.
     return copy.copy(value) if isinstance(value, (list, dict, set)) else value
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     try:
         return type(a) is type(b) and bool(a == b)
     except Exception:  # an __eq__ that cannot compare: fall back to identity
         return a is b
 
 
-def _scope_of(model: object) -> _Scope | None:
+def scope_of(model: object) -> Scope | None:
     # Only the singletons are tracked; copies (model_copy) validate assignments but record nothing.
-    return next((s for s in _SCOPES if s.model is model), None)
+    return SCOPES.find(model)
 
 
 def register_scope(model: TrackedSettings, *, toml_table: str | None, py_name: str,
                    namespace: Mapping[str, Any] | None = None) -> None:
     """Make `model` a singleton that load_settings() fills; `namespace` adds names to the .py override file."""
-    _SCOPES[:] = [s for s in _SCOPES if s.py_name != py_name]  # a reloaded module replaces its scope
-    scope = _Scope(model, toml_table, py_name, dict(namespace or {}))
+    scope = Scope(model, toml_table, py_name, dict(namespace or {}))
     scope.sources = {f: "default" for f in scope.fields()}
     scope.mark_applied()
-    _SCOPES.append(scope)
+    SCOPES.add(scope)

@@ -1,6 +1,6 @@
-"""Tuning one input signature of one module: the step shared by JIT mode and the explicit API.
+"""The persistent cache's part of deciding a signature: the key, reusing a stored decision, storing a new one.
 
-`run(job, strategy, cache)` asks the persistent cache first. A cached decision is reused only after its engine
+`decide_with_cache(job, strategy, store)` asks the store first. A cached decision is reused only after its engine
 (loaded from disk for AOT backends, rebuilt for JIT ones) matched the eager outputs of this process's own
 samples; it then serves on probation (`_confirm.LiveCheck`) until it has also matched eager on the first live
 calls, and a mismatch there forgets the entry. A cached "stays eager" is reused as is. Otherwise the strategy
@@ -17,62 +17,36 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from aitune.torch import _fingerprint
-from aitune.torch._confirm import on_probation
+from aitune.torch._archive import Limits, check_engine_dir
 from aitune.torch._errors import CacheError, TuningError
+from aitune.torch._signature._confirm import on_probation
+from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy._base import TuneJob, TuneOutcome, TuneStrategy, check
 
 if TYPE_CHECKING:
-    from aitune.torch.backend import Backend
+    from aitune.torch.backend._base import Backend
     from aitune.torch.cache._store import EngineStore, Hit
 
 logger = logging.getLogger(__name__)
 
 
-def make_job(module: torch.nn.Module, name: str, signature: Any, samples: Sequence[Any], device: torch.device,
-             backends: Sequence[Backend], *, progress: bool = True) -> TuneJob:
-    """A TuneJob with the global settings (tolerances, timing, min_speedup, strict) as they are now."""
-    from aitune.torch.config import config as global_config
-
-    return TuneJob(module=module, name=name, signature=signature, samples=list(samples), device=device,
-                   backends=list(backends), tolerances=dict(global_config.tolerances),
-                   min_speedup=float(global_config.min_speedup), warmup=int(global_config.timing_warmup),
-                   iterations=int(global_config.timing_iterations),
-                   max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
-                   progress=progress, confirm_calls=int(global_config.confirm_calls))
-
-
-def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
-    """Decide for one signature, under the grad and inference modes it was recorded in (part of its key)."""
-    with torch.set_grad_enabled(bool(job.signature.key[0])), recorded_inference_mode(bool(job.signature.key[1])):
-        return _run(job, strategy, store)
-
-
-def recorded_inference_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """inference_mode when the signature was recorded in it, else nothing: `torch.inference_mode(False)` is not
-    a no-op (it switches grad mode on)."""
-    return torch.inference_mode() if enabled else contextlib.nullcontext()
-
-
-def _run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> TuneOutcome:
-    if store is None:
-        return strategy.tune(job)
+def decide_with_cache(job: TuneJob, strategy: TuneStrategy, store: EngineStore) -> TuneOutcome:
+    """The stored decision for the job, reused and checked; else the strategy's, stored."""
     try:
         fields = key_fields(job, strategy)
         key = digest(fields)
-    except Exception as e:
+    except Exception as e:  # a module the key cannot describe (an odd extra_repr, say) is tuned without the cache
         logger.info("%s: no cache key (%s: %s); tuning without the cache", job.name, type(e).__name__, e)
         return strategy.tune(job)
     hit = _lookup(store, key, job.name)
     if hit is not None:
-        reused = _reuse(job, hit, _tried(job, strategy), forget=lambda: _forget(store, key))
+        reused = _reuse(job, hit, tried_backends(job, strategy), forget=lambda: _forget(store, key))
         if reused is not None:
             return reused
         _forget(store, key)
     outcome = strategy.tune(job)
-    _store(store, key, fields, job, outcome, _tried(job, strategy))
+    _store(store, key, fields, job, outcome, tried_backends(job, strategy))
     return outcome
 
 
@@ -88,7 +62,7 @@ def key_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
         "inputs": [{**d, "min": list(lo), "max": list(hi)}
                    for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes)],
         "backends": [{"name": b.name, "kind": b.kind, "settings": b.engine_settings()}
-                     for b in _tried(job, strategy)],
+                     for b in tried_backends(job, strategy)],
         "strategy": f"{type(strategy).__module__}.{type(strategy).__qualname__}",
         "tolerances": {k: list(v) for k, v in sorted(job.tolerances.items())},
         "min_speedup": job.min_speedup,
@@ -98,7 +72,7 @@ def key_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
     }
 
 
-def _tried(job: TuneJob, strategy: TuneStrategy) -> list[Backend]:
+def tried_backends(job: TuneJob, strategy: TuneStrategy) -> list[Backend]:
     """The backends the strategy will try: its own when it names them (OneBackendStrategy), else the job's."""
     own = getattr(strategy, "backends", None)
     return list(own) if own is not None else list(job.backends)
@@ -111,7 +85,7 @@ def digest(fields: dict[str, Any]) -> str:
 def _lookup(store: EngineStore, key: str, name: str) -> Hit | None:
     try:
         return store.lookup(key)
-    except Exception as e:
+    except Exception as e:  # an unreadable store is a miss, never a failed call
         logger.warning("aitune cache: reading %s failed (%s: %s); tuning %s again", store.root, type(e).__name__, e,
                        name)
         return None
@@ -120,7 +94,7 @@ def _lookup(store: EngineStore, key: str, name: str) -> Hit | None:
 def _forget(store: EngineStore, key: str) -> None:
     try:
         store.remove(key)
-    except Exception:
+    except Exception:  # a stale entry left behind is removed by the next publish of its key
         logger.debug("removing cache entry %s failed", key, exc_info=True)
 
 
@@ -146,6 +120,7 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
     try:
         if backend.kind == "aot" and engine_dir is not None:
             how = "loaded from the cache in"
+            check_engine_dir(engine_dir, Limits.of(global_config))
             # The entry's signature verified: its files are what this user's aitune wrote.
             engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device,
                                   authenticated=True)
@@ -153,7 +128,7 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
             how = "rebuilt (cached decision) in"
             with _in_process_compile():
                 engine = backend.build(job.module, job.signature, job.samples, job.device)
-    except Exception as e:
+    except Exception as e:  # an entry this environment cannot load (other versions, a bomb) is tuned again
         logger.info("%s: the cached %s engine could not be %s (%s: %s); tuning again", job.name, backend.describe(),
                     "loaded" if engine_dir is not None else "rebuilt", type(e).__name__, str(e)[:300])
         if job.strict:
@@ -215,12 +190,13 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
     except CacheError as e:
         logger.warning("%s", e)
         return
-    except Exception as e:
+    except Exception as e:  # an engine that cannot be saved costs the next run a tuning, not this call
         logger.warning("aitune cache: storing the decision for %s failed (%s: %s)", job.name, type(e).__name__,
                        str(e)[:300])
         return
     outcome.cache = "stored" if published else "stored by another process"
-    logger.info("%s: decision stored in the cache (%s)", job.name, key[:12])
+    logger.info("%s: decision %s (%s)", job.name, "stored in the cache" if published else
+                "already stored in the cache by another process", key[:12])
 
 
 def _index_of(backends: Sequence[Backend], backend: Backend | None) -> int | None:

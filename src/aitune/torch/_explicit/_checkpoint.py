@@ -45,32 +45,36 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from aitune.torch import _fingerprint, _tree, _tuning
-from aitune.torch._archive import check_zip_file
+from aitune.torch import _fingerprint, _tree
+from aitune.torch._archive import Limits, check_engine_dir, check_zip_file
 from aitune.torch._checking import same_values
-from aitune.torch._checkpoint_format import (
+from aitune.torch._errors import ArchiveError, CheckpointError, UnknownBackendError
+from aitune.torch._explicit._checkpoint_format import (
     FORMAT,
     MANIFEST,
     VERSION,
-    _Manifest,
-    _ModuleEntry,
-    _SignatureEntry,
-    _read_archive,
-    _verify_outer_hash,
+    Manifest,
+    ModuleEntry,
+    SignatureEntry,
+    read_archive,
     sums_path,
+    verify_outer_hash,
 )
-from aitune.torch._confirm import on_probation
-from aitune.torch._errors import ArchiveError, CheckpointError, UnknownBackendError
+from aitune.torch._explicit._module import Module, find_wrappers, runtime_of
+from aitune.torch._explicit._runtime import ModuleRuntime
 from aitune.torch._samples import Sample, SignatureRecord, first_device, signature_key
-from aitune.torch._settings_sources import ensure_settings_loaded
-from aitune.torch.tune_strategy._base import check
+from aitune.torch._settings._sources import ensure_settings_loaded
+from aitune.torch._signature._confirm import on_probation
+from aitune.torch._signature._decide import make_job, recorded_inference_mode
+from aitune.torch._signature._route import OwnWork, drop_engine
+from aitune.torch.backend import create_backend
+from aitune.torch.config import config as global_config
+from aitune.torch.tune_strategy import check
 
 logger = logging.getLogger(__name__)
 
 def _wrappers(obj: Any) -> list[tuple[str, Any]]:
     """(name, runtime) of every ait.Module reachable from a model or pipeline, in a stable order."""
-    from aitune.torch._api import find_wrappers
-
     return [(rt.name, rt) for rt in find_wrappers(obj)]
 
 
@@ -95,9 +99,10 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
         if not any(m.signatures for m in modules):
             raise CheckpointError(f"{target}: nothing to save: {', '.join(names)} has no tuned signature; run "
                                   "ait.tune first", path=target)
-        files = {str(p.relative_to(staging).as_posix()): _fingerprint.file_sha256(p) for p in sorted(_fingerprint.files_under(staging))}
+        files = {str(p.relative_to(staging).as_posix()): _fingerprint.file_sha256(p)
+                 for p in sorted(_fingerprint.files_under(staging))}
         device = next((s.inputs[0]["device"] for m in modules for s in m.signatures if s.inputs), "cpu")
-        manifest = _Manifest(format=FORMAT, version=VERSION, created=time.time(),
+        manifest = Manifest(format=FORMAT, version=VERSION, created=time.time(),
                              libraries=_fingerprint.library_versions(),
                              device_model=_fingerprint.device_model(torch.device(device)), modules=modules,
                              files=files)
@@ -121,7 +126,7 @@ def save(model_or_pipeline: Any, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _stage_module(i: int, name: str, rt: Any, staging: Path) -> _ModuleEntry:
+def _stage_module(i: int, name: str, rt: ModuleRuntime, staging: Path) -> ModuleEntry:
     module = rt.module
     entries = []
     for j, sig in enumerate(rt.signatures.values()):
@@ -149,7 +154,7 @@ def _stage_module(i: int, name: str, rt: Any, staging: Path) -> _ModuleEntry:
             except NotImplementedError:
                 logger.info("%s: the %s engine has no artifact; it will be rebuilt at load", name, backend.name)
         lo, hi = sig.engine_range if sig.engine_range is not None else (sig.min_shapes, sig.max_shapes)
-        entries.append(_SignatureEntry(
+        entries.append(SignatureEntry(
             grad_enabled=bool(sig.key[0]), inference_mode=bool(sig.key[1]),
             inputs_file=str(inputs_file.relative_to(staging).as_posix()), inputs=sig.description,
             min_shapes=sig.min_shapes, max_shapes=sig.max_shapes, engine_min_shapes=lo, engine_max_shapes=hi,
@@ -158,7 +163,7 @@ def _stage_module(i: int, name: str, rt: Any, staging: Path) -> _ModuleEntry:
             artifact_runs_code=bool(backend.artifact_runs_code and artifact_dir is not None),
             eager_latency_ms=sig.eager_latency_ms, tuned_latency_ms=sig.tuned_latency_ms))
     cls = type(module)
-    return _ModuleEntry(name=name, module_class=f"{cls.__module__}.{cls.__qualname__}",
+    return ModuleEntry(name=name, module_class=f"{cls.__module__}.{cls.__qualname__}",
                         structure=_fingerprint.structure_digest(module), weights=_fingerprint.weights_digest(module),
                         device=str(_module_device(module)), signatures=entries)
 
@@ -200,15 +205,13 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
     """
     ensure_settings_loaded()
     source = Path(path).expanduser().absolute()
-    _verify_outer_hash(source)
+    verify_outer_hash(source)
     wrappers = dict(_wrappers(model_or_pipeline))
     with tempfile.TemporaryDirectory(prefix="aitune-load-") as unpack_dir:
         unpacked = Path(unpack_dir)
-        manifest = _read_archive(source, unpacked)
+        manifest = read_archive(source, unpacked)
         if not wrappers and isinstance(model_or_pipeline, torch.nn.Module) and len(manifest.modules) == 1:
             # `model = ait.load(MyModel(), "x.ait")`: a bare model for a one-module checkpoint is wrapped here.
-            from aitune.torch._module import Module, runtime_of
-
             model_or_pipeline = Module(model_or_pipeline, manifest.modules[0].name)
             wrappers = {manifest.modules[0].name: runtime_of(model_or_pipeline)}
         # All or nothing: every module is checked, and every engine loaded, before any is installed.
@@ -235,7 +238,7 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
     return model_or_pipeline
 
 
-def _check_module(source: Path, entry: _ModuleEntry, module: torch.nn.Module) -> None:
+def _check_module(source: Path, entry: ModuleEntry, module: torch.nn.Module) -> None:
     cls = type(module)
     qualname = f"{cls.__module__}.{cls.__qualname__}"
     if qualname != entry.module_class or _fingerprint.structure_digest(module) != entry.structure:
@@ -253,12 +256,12 @@ def _check_module(source: Path, entry: _ModuleEntry, module: torch.nn.Module) ->
 
 def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
     try:
-        check_zip_file(file)  # a torch.save file is a zip: bounded like the checkpoint itself
+        check_zip_file(file, Limits.of(global_config))  # a torch.save file is a zip: bounded like the checkpoint
     except ArchiveError as e:
         raise CheckpointError(f"{source}: {e}", path=source) from None
     try:
         data = torch.load(file, weights_only=True)
-    except Exception as e:
+    except Exception as e:  # whatever torch.load refuses (pickle globals, a damaged zip) refuses the checkpoint
         raise CheckpointError(f"{source}: {file.name} holds something other than plain tensor data; refusing it "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
                               path=source) from None
@@ -268,19 +271,16 @@ def _load_inputs(source: Path, file: Path) -> tuple[tuple[Any, ...], dict[str, A
     return tuple(data["args"]), data["kwargs"]
 
 
-def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry: _SignatureEntry, rt: Any,
+def _load_signature(source: Path, unpacked: Path, entry: ModuleEntry, sig_entry: SignatureEntry, rt: ModuleRuntime,
                     trust_native_code: bool) -> _Loaded:
     """Load (or rebuild) and check one signature's engine, ready to install."""
-    from aitune.torch._explicit import Quiet as Busy
-    from aitune.torch.backend import create_backend
-
     module = rt.module
     args, kwargs = _load_inputs(source, unpacked / sig_entry.inputs_file)
     try:
         backend = create_backend(sig_entry.backend_name, sig_entry.settings)
     except UnknownBackendError as e:
         raise CheckpointError(f"{source}: module {entry.name!r}: {e}", path=source) from None
-    except Exception as e:
+    except Exception as e:  # validation of the settings (pydantic, or the backend's own checks)
         raise CheckpointError(f"{source}: module {entry.name!r}: settings of {sig_entry.backend_name} are invalid "
                               f"({e})", path=source) from None
     free_form = _free_form(backend.config)
@@ -292,22 +292,22 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
     missing = backend.unavailable_reason()
     if missing is not None:
         raise CheckpointError(f"{source}: module {entry.name!r} needs {sig_entry.backend}: {missing}", path=source)
-    with torch.set_grad_enabled(sig_entry.grad_enabled), _tuning.recorded_inference_mode(sig_entry.inference_mode):
-        named = rt.normalizer.normalize(args, kwargs)
+    with torch.set_grad_enabled(sig_entry.grad_enabled), recorded_inference_mode(sig_entry.inference_mode):
+        named = rt.table.normalizer.normalize(args, kwargs)
         key = signature_key(named)
         sig = SignatureRecord.from_call(key, named)
         if [d for d in sig.description] != sig_entry.inputs:
             raise CheckpointError(f"{source}: module {entry.name!r}: recorded inputs do not match their description",
                                   path=source)
         inputs = _tree.clone((args, kwargs))
-        with Busy():
+        with OwnWork():
             outputs = _tree.clone(torch.nn.Module._wrapped_call_impl(module, *args, **kwargs))
         after = _tree.clone((args, kwargs)) if not same_values(inputs, (args, kwargs)) else None
         sample = Sample(inputs[0], inputs[1], outputs, after, _tree.nbytes((inputs, outputs)))
         sig.min_shapes = [list(s) for s in sig_entry.min_shapes]
         sig.max_shapes = [list(s) for s in sig_entry.max_shapes]
         sig.observe(_tree.shapes_of(named))
-        job = _tuning.make_job(module, entry.name, sig, [sample], first_device([sample]), [backend], progress=False)
+        job = make_job(module, entry.name, sig, [sample], first_device([sample]), [backend], progress=False)
         start = time.perf_counter()
         # Whether loading runs code is the registered class's property; the manifest's own claim is never read.
         can_load = sig_entry.artifact_dir is not None and (trust_native_code or not type(backend).artifact_runs_code)
@@ -320,26 +320,29 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
             assert sig_entry.artifact_dir is not None
             # The engine may read its files again (to be saved, say): they are copied out of the unpack
             # directory, which goes at the end of load, into one that lives as long as the engine.
+            try:
+                check_engine_dir(unpacked / sig_entry.artifact_dir, Limits.of(global_config))
+            except ArchiveError as e:
+                raise CheckpointError(f"{source}: {e}", path=source) from None
             kept = Path(tempfile.mkdtemp(prefix="aitune-engine-"))
             try:
                 shutil.copytree(unpacked / sig_entry.artifact_dir, kept, dirs_exist_ok=True)
-                with Busy():
+                with OwnWork():
                     engine = backend.load(kept, module, sig, [sample], job.device, authenticated=False)
                 weakref.finalize(engine, shutil.rmtree, kept, True)
-            except Exception as e:
+            except Exception as e:  # an intact file this environment cannot load (other versions): rebuilt
                 shutil.rmtree(kept, ignore_errors=True)
-                # The file is intact (hashes matched): this environment cannot load it (other library versions).
                 logger.info("%s: the saved %s engine does not load here (%s: %s); rebuilding it", entry.name,
                             sig_entry.backend, type(e).__name__, str(e)[:200])
                 can_load = False
         if engine is None:
             try:
-                with Busy():
+                with OwnWork():
                     engine = backend.build(module, sig, [sample], job.device)
-            except Exception as e:
+            except Exception as e:  # any build failure is this checkpoint's error, naming the file
                 raise CheckpointError(f"{source}: module {entry.name!r}: the {sig_entry.backend} engine could not "
                                       f"be rebuilt ({type(e).__name__}: {str(e)[:300]})", path=source) from e
-        with Busy():
+        with OwnWork():
             result = check(job, backend, engine, build_s=time.perf_counter() - start, measure=False,
                            what="loaded in" if can_load else "rebuilt in")
     if not result.ok:
@@ -365,21 +368,17 @@ def _load_signature(source: Path, unpacked: Path, entry: _ModuleEntry, sig_entry
 class _Loaded:
     """A checked engine waiting for the rest of the checkpoint to load."""
 
-    rt: Any
+    rt: ModuleRuntime
     sig: SignatureRecord
     result: Any
     eager_latency_ms: float | None
 
     def install(self) -> None:
-        self.rt.signatures[self.sig.key] = self.sig
         self.rt.install(self.sig, self.result, self.eager_latency_ms)
 
     def release(self) -> None:
-        try:
-            if self.result.engine is not None:
-                self.result.engine.release()
-        except Exception:
-            logger.debug("releasing an engine failed", exc_info=True)
+        self.sig.engine = self.result.engine
+        drop_engine(self.sig)
 
 
 def _free_form(value: Any, where: str = "") -> list[str]:
@@ -397,9 +396,9 @@ def _free_form(value: Any, where: str = "") -> list[str]:
 def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Check a checkpoint's hashes and manifest without a model; returns a summary (raises CheckpointError)."""
     source = Path(path).expanduser().absolute()
-    _verify_outer_hash(source)
+    verify_outer_hash(source)
     with tempfile.TemporaryDirectory(prefix="aitune-verify-") as unpack_dir:
-        manifest = _read_archive(source, Path(unpack_dir))
+        manifest = read_archive(source, Path(unpack_dir))
     return {"modules": [{"name": m.name, "class": m.module_class,
                          "signatures": [s.backend for s in m.signatures]} for m in manifest.modules],
             "libraries": manifest.libraries, "device_model": manifest.device_model}

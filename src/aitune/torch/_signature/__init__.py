@@ -1,0 +1,12 @@
+"""The life of one input signature, shared by JIT mode (`aitune.torch.jit`) and the explicit API (`ait.Module`).
+
+It knows neither front; each front calls it per signature:
+
+- `_record`: keep copies of a call's inputs and outputs under THE process-wide sample budget; release them.
+- `_route`: send a call to its engine (in range) or run it eagerly; THE fail-open policy and THE re-entrancy
+  guard (aitune's own work on a thread passes straight through every front).
+- `_decide`: tune a recorded signature (the persistent cache first, then the strategy) and commit: install the
+  winner, or leave it eager with the reason; strict mode raises.
+- `_reuse`: the persistent cache's part of deciding (key, reuse a stored decision, store a new one).
+- `_confirm`: an engine that came from a file serves alone only after it matched eager on live calls.
+"""

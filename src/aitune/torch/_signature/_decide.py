@@ -1,0 +1,163 @@
+"""Deciding one recorded signature, and THE place a decision is committed: install the winner, or stay eager.
+
+`decide(...)` claims the signature (recording -> tuning), runs the tuning step under aitune's own-work guard and
+the grad and inference modes it was recorded in (the persistent cache first, `_reuse`, then the strategy), and
+commits the outcome with `commit`: the winner's engine is installed on the signature (`install_engine`), its
+range frozen to the samples it was checked on, and the samples released; or the signature stays eager with the
+reason. A failure inside tuning is caught and becomes the reason; `Decision.raise_if_strict()` re-raises it in
+strict mode once the front has done its own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from aitune.torch._errors import AITuneError, TuningError
+from aitune.torch._samples import Sample, SignatureRecord, first_device
+from aitune.torch._signature._record import release_samples
+from aitune.torch._signature._reuse import decide_with_cache
+from aitune.torch._signature._route import OwnWork
+from aitune.torch.tune_strategy._base import CandidateResult, TuneJob, TuneOutcome, TuneStrategy
+
+if TYPE_CHECKING:
+    from aitune.torch.backend._base import Backend
+    from aitune.torch.cache._store import EngineStore
+
+logger = logging.getLogger(__name__)
+
+
+def make_job(module: torch.nn.Module, name: str, signature: SignatureRecord, samples: Sequence[Sample],
+             device: torch.device, backends: Sequence[Backend], *, progress: bool = True) -> TuneJob:
+    """A TuneJob with the global settings (tolerances, timing, min_speedup, strict) as they are now."""
+    from aitune.torch.config import config as global_config
+
+    return TuneJob(module=module, name=name, signature=signature, samples=list(samples), device=device,
+                   backends=list(backends), tolerances=dict(global_config.tolerances),
+                   min_speedup=float(global_config.min_speedup), warmup=int(global_config.timing_warmup),
+                   iterations=int(global_config.timing_iterations),
+                   max_seconds=float(global_config.timing_max_seconds), strict=bool(global_config.strict),
+                   progress=progress, confirm_calls=int(global_config.confirm_calls))
+
+
+def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
+    """The tuning step: the cached decision if there is one, else the strategy's; under the grad and inference
+    modes the signature was recorded in (part of its key)."""
+    with torch.set_grad_enabled(bool(job.signature.key[0])), recorded_inference_mode(bool(job.signature.key[1])):
+        return strategy.tune(job) if store is None else decide_with_cache(job, strategy, store)
+
+
+def recorded_inference_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """inference_mode when the signature was recorded in it, else nothing: `torch.inference_mode(False)` is not
+    a no-op (it switches grad mode on)."""
+    return torch.inference_mode() if enabled else contextlib.nullcontext()
+
+
+def candidates(device: torch.device, configured: Sequence[Backend] | None) -> list[Backend]:
+    """The backends to try: those configured, else the device's defaults."""
+    from aitune.torch.backend._defaults import default_backends
+
+    return list(configured) if configured else default_backends(device)
+
+
+@dataclass
+class Plan:
+    """How a front wants a signature tuned: the strategy, the backends it tries, and, when there are none, why."""
+
+    strategy: TuneStrategy
+    backends: list[Backend]
+    why_none: str | None = None
+
+
+@dataclass
+class Decision:
+    """What became of one signature's tuning. `winner` is None when it stays eager."""
+
+    name: str
+    outcome: TuneOutcome | None
+    error: BaseException | None
+    seconds: float
+    strict: bool
+
+    @property
+    def winner(self) -> CandidateResult | None:
+        return self.outcome.winner if self.outcome is not None and self.error is None else None
+
+    def raise_if_strict(self) -> None:
+        """In strict mode, a failure inside tuning reaches the caller (the signature already stays eager)."""
+        if self.error is None or not self.strict:
+            return
+        if isinstance(self.error, AITuneError):
+            raise self.error
+        raise TuningError(f"tuning {self.name} failed: {self.error}", module_name=self.name) from self.error
+
+
+def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.device], Plan], *, name: str,
+           label: str | None = None, store: EngineStore | None, progress: bool, strict: bool) -> Decision | None:
+    """Tune `sig` of `module` now and commit the outcome (see the module docstring); `plan(device)` gives the
+    strategy and backends for the samples' device. None when another thread is tuning it already, or it has no
+    sample."""
+    with sig.lock:
+        if sig.status != "recording" or not sig.samples:
+            return None
+        sig.status = "tuning"
+        samples = list(sig.samples)
+    label = label or name
+    start = time.perf_counter()
+    outcome: TuneOutcome | None = None
+    error: BaseException | None = None
+    reference = None
+    try:
+        device = first_device(samples)
+        chosen = plan(device)
+        if not chosen.backends and chosen.why_none:
+            outcome = TuneOutcome(None, [], None, chosen.why_none)
+        else:
+            shapes = ", ".join(f"{d['name']}{tuple(lo)}..{tuple(hi)}" if lo != hi else f"{d['name']}{tuple(lo)}"
+                               for d, lo, hi in zip(sig.description, sig.min_shapes, sig.max_shapes))
+            logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", label, device, len(samples), shapes,
+                        chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
+            job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
+            with OwnWork():
+                outcome = run(job, chosen.strategy, store)
+                reference = job.timing_sample() if outcome.winner is not None else None
+    except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)
+        error = e
+    decision = Decision(name, outcome, error, time.perf_counter() - start, strict)
+    commit(sig, decision, samples, reference, label)
+    return decision
+
+
+def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], reference: Sample | None,
+           label: str) -> None:
+    """Install the winner on `sig`, or leave it eager with the reason; its samples are released either way."""
+    outcome = decision.outcome
+    if outcome is not None:
+        sig.candidates = [c.to_report() for c in outcome.candidates]
+        sig.cache = outcome.cache
+    winner = decision.winner
+    if winner is not None and winner.engine is not None and outcome is not None:
+        sig.freeze_engine_range(samples)
+        sig.reference = reference
+        sig.install_engine(winner, outcome.eager_latency_ms)
+        release_samples(sig)
+        eager, tuned = outcome.eager_latency_ms, winner.latency_ms
+        speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""
+        cached = " (from the cache)" if outcome.cache == "hit" else ""
+        logger.info("%s: tuned with %s%s%s", label, winner.backend, speed, cached)
+        return
+    error = decision.error
+    reason = (f"{type(error).__name__}: {error}" if error is not None
+              else (outcome.reason if outcome is not None and outcome.reason else "not tuned"))
+    with sig.lock:
+        sig.status = "eager"
+        sig.reason = reason[:500]
+        sig.eager_latency_ms = outcome.eager_latency_ms if outcome is not None else None
+    release_samples(sig)
+    logger.info("%s: stays eager (%s)", label, reason[:300])

@@ -1,0 +1,99 @@
+"""Recording calls of a signature: copies of the inputs and of the eager outputs, under ONE sample budget.
+
+`BUDGET` caps the bytes of every sample held in the process, whichever front recorded it (`max_samples_bytes`);
+`record_call` runs the call eagerly and keeps a `Sample` when the signature still wants one and the budget has
+room; `release_samples` gives a signature's samples (and their bytes) back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aitune.torch import _tree
+from aitune.torch._checking import same_values
+from aitune.torch._errors import AITuneError
+from aitune.torch._samples import Sample, SignatureRecord
+
+logger = logging.getLogger(__name__)
+
+
+class SampleBudget:
+    """The bytes held by recorded samples in this process, against the `max_samples_bytes` cap."""
+
+    def __init__(self) -> None:
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def take(self, size: int, cap: int) -> bool:
+        """Count `size` more bytes if they fit under `cap`; False (nothing counted) when they do not."""
+        with self._lock:
+            if self._used + size > cap:
+                return False
+            self._used += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - size)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._used = 0
+
+
+BUDGET = SampleBudget()
+
+
+def reset() -> None:
+    """Forget every byte counted (for tests; the samples themselves belong to their signatures)."""
+    BUDGET.reset()
+
+
+def release_samples(sig: SignatureRecord) -> None:
+    """Drop the signature's samples and give their bytes back to the budget."""
+    with sig.lock:
+        size = sum(s.nbytes for s in sig.samples)
+        sig.samples.clear()
+    BUDGET.give_back(size)
+
+
+def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, Any], eager: Callable[[], Any], *,
+                name: str, max_samples: int, max_bytes: int, fail_open: Callable[[str, BaseException], None]) -> Any:
+    """Run the call (`eager()`) and keep a sample of it when `sig` has fewer than `max_samples` and the budget
+    has room. Failures of the copying go to `fail_open` (which raises in strict mode); the call's result is
+    returned either way."""
+    inputs = None
+    try:
+        if len(sig.samples) < max_samples and BUDGET.used < max_bytes:
+            inputs = _tree.clone((args, kwargs))
+    except Exception as e:  # inputs that cannot be copied are not recorded; the call runs as it is
+        fail_open(f"recording inputs of {name}", e)
+    out = eager()
+    if inputs is None:
+        return out
+    try:
+        outputs = _tree.clone(out)
+        mutated = not same_values(inputs, (args, kwargs))
+        after = _tree.clone((args, kwargs)) if mutated else None
+        size = _tree.nbytes((inputs, outputs, after))
+        if not BUDGET.take(size, max_bytes):
+            logger.info("%s: sample byte cap (%d bytes) reached; not storing more samples", name, max_bytes)
+            return out
+        with sig.lock:
+            keep = sig.status == "recording" and len(sig.samples) < max_samples
+            if keep:
+                sig.samples.append(Sample(inputs[0], inputs[1], outputs, after, size))
+        if not keep:
+            BUDGET.give_back(size)
+    except AITuneError:
+        raise
+    except Exception as e:  # outputs that cannot be copied are not recorded; the call's result is returned
+        fail_open(f"recording {name}", e)
+    return out

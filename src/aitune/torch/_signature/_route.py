@@ -1,0 +1,146 @@
+"""Routing one call of a signature, THE fail-open policy, and THE re-entrancy guard.
+
+Routing: a call whose signature is tuned and whose shapes lie in its engine's range runs the engine; a call of a
+signature still recording is recorded; everything else runs eagerly (`choose`). `run_engine` runs the engine and,
+when it fails, drops it and runs the call eagerly instead (the caller's result is never lost).
+
+The fail-open policy (`FAIL_OPEN`): a failure of aitune's own logic never breaks the user's call. It logs one
+warning per place and error type, naming the setting that makes it raise (`AITUNE_STRICT=1`), and the call runs
+eagerly; in strict mode the error is raised. Exceptions raised by the user's own forward are never caught.
+
+The guard (`GUARD`, one per thread): while aitune runs its own work on a thread (tuning, checking, timing,
+running an engine) every front passes module calls straight through (`own_work`); while an `ait.Module` runs its
+module eagerly, JIT mode stays out of it (`wrapped`), so the two fronts never track the same calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+from aitune.torch._samples import SignatureRecord
+from aitune.torch._signature._confirm import EngineRejected
+
+logger = logging.getLogger(__name__)
+
+Route = Literal["engine", "record", "eager"]
+
+
+class Guard(threading.local):
+    """Per-thread flags read on every hooked call (plain attributes: the hot path reads them directly)."""
+
+    #: aitune's own work runs on this thread: module calls pass straight through every front.
+    own_work: bool = False
+    #: an `ait.Module` is running its module eagerly on this thread: JIT mode does not track these calls.
+    wrapped: bool = False
+
+
+GUARD = Guard()
+
+
+class OwnWork:
+    """`with OwnWork():` marks aitune's own work on this thread (see `Guard.own_work`)."""
+
+    __slots__ = ("_prev",)
+
+    def __enter__(self) -> None:
+        self._prev = GUARD.own_work
+        GUARD.own_work = True
+
+    def __exit__(self, *exc: object) -> None:
+        GUARD.own_work = self._prev
+
+
+def tracing() -> bool:
+    """A compiler or tracer is running this call: it must see the module's own code, not aitune's."""
+    return bool(torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+class FailOpen:
+    """The fail-open policy (see the module docstring); remembers which warnings were given."""
+
+    def __init__(self) -> None:
+        self._warned: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def handle(self, where: str, error: BaseException, *, strict: bool) -> None:
+        """Raise `error` in strict mode; else warn once for (`where`, its type). The caller then runs eagerly."""
+        if strict:
+            raise error
+        key = (where, type(error).__name__)
+        with self._lock:
+            first = key not in self._warned
+            self._warned.add(key)
+        if first:
+            text = str(error).splitlines()[0][:300] if str(error) else ""
+            logger.warning("aitune: %s failed (%s: %s); running eagerly. Set AITUNE_STRICT=1 to raise instead.",
+                           where, type(error).__name__, text)
+        logger.debug("failure in %s", where, exc_info=error)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._warned.clear()
+
+
+FAIL_OPEN = FailOpen()
+
+
+def reset() -> None:
+    """Forget the warnings given (for tests)."""
+    FAIL_OPEN.reset()
+
+
+def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str) -> Route:
+    """Where a call of `sig` with these tensor shapes goes."""
+    status = sig.status
+    if status == "tuned":
+        if sig.engine is not None and sig.in_engine_range(shapes):
+            return "engine"
+        sig.count_out_of_range(name)
+        return "eager"
+    return "record" if status == "recording" else "eager"
+
+
+def drop_engine(sig: SignatureRecord) -> None:
+    """Release the signature's engine (it never serves again)."""
+    engine = sig.engine
+    sig.engine = None
+    if engine is not None:
+        try:
+            engine.release()
+        except Exception:  # releasing is best effort: the engine is unreachable either way
+            logger.debug("releasing an engine failed", exc_info=True)
+
+
+def run_engine(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, Any], eager: Callable[[], Any], *,
+               name: str, strict: bool) -> Any:
+    """The call served by the signature's engine. If the engine fails, it is dropped (the signature then stays
+    eager) and `eager()` serves the call; if it fails its live confirmation, the signature records afresh and
+    the call keeps the eager result the confirmation computed."""
+    engine = sig.engine
+    try:
+        with OwnWork():
+            out = engine(*args, **kwargs)
+        sig.engine_calls += 1
+        return out
+    except EngineRejected as e:
+        with sig.lock:
+            if sig.engine is engine:
+                drop_engine(sig)
+                sig.status = "recording"
+                sig.calls = 0
+                sig.cache = "rejected"
+                sig.reason = f"dropped on a live call: {e}"[:500]
+        return e.output
+    except Exception as e:  # the engine failed: the fail-open policy, then eager serves this call
+        FAIL_OPEN.handle(f"running the {sig.backend_description} engine of {name}", e, strict=strict)
+        with sig.lock:
+            if sig.engine is engine:
+                drop_engine(sig)
+                sig.status = "eager"
+                sig.reason = f"engine failed at run time: {type(e).__name__}: {e}"[:300]
+    return eager()
