@@ -20,37 +20,37 @@ from pathlib import Path
 
 
 def _per_call_ns(fn, n: int) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(7):  # best of 7 repeats of n calls: the least disturbed figure
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter_ns() - t0) / n)
-    return best
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter_ns() - t0) / n
 
 
-def measure(n: int) -> dict[str, float]:
+def measure(n: int, rounds: int = 25) -> dict[str, float]:
+    """Blocks of `n` calls with the hook off and on, interleaved `rounds` times; the fastest block of each (the
+    least disturbed) gives the per-call figures."""
     import torch
 
-    ident = torch.nn.Identity()
-    linear = torch.nn.Linear(4, 4).eval()
-    x = torch.zeros(1, 4)
-    off_ident = _per_call_ns(lambda: ident(x), n)
-    off_linear = _per_call_ns(lambda: linear(x), n)
     import aitune.torch.jit as jit
 
-    jit.enable_jit_tuning()
-    ident(x)
-    with torch.no_grad():  # a small module: too few parameters to track (min_parameters), it passes through
-        on_ident = _per_call_ns(lambda: ident(x), n)
+    ident = torch.nn.Identity()
+    x = torch.zeros(1, 4)
+    off: list[float] = []
+    on: list[float] = []
+    with torch.no_grad():
+        for _ in range(rounds):
+            jit.disable_jit_tuning()
+            off.append(_per_call_ns(lambda: ident(x), n))
+            jit.enable_jit_tuning()
+            ident(x)  # too few parameters to track (min_parameters): it passes through from here on
+            on.append(_per_call_ns(lambda: ident(x), n))
     jit.disable_jit_tuning()
-    return {"identity_off_ns": off_ident, "identity_on_ns": on_ident, "passthrough_cost_ns": on_ident - off_ident,
-            "linear_off_ns": off_linear}
+    return {"identity_off_ns": min(off), "identity_on_ns": min(on), "passthrough_cost_ns": min(on) - min(off)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--calls", type=int, default=50000)
     parser.add_argument("--compare", default=None, help="another checkout's src/ to measure side by side")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default=None)
@@ -60,6 +60,7 @@ def main() -> None:
         print(json.dumps(measure(args.calls)))
         return
     if args.compare is None:
+        os.environ.setdefault("AITUNE_JIT_LOG_LEVEL", "OFF")
         result = measure(args.calls)
         print(" ".join(f"{k}={v:.0f}" for k, v in result.items()))
         return

@@ -2,9 +2,9 @@
 
 `decide(...)` claims the signature (recording -> tuning), runs the tuning step under aitune's own-work guard and
 the grad and inference modes it was recorded in (the persistent cache first, `_reuse`, then the strategy), and
-commits the outcome with `commit`: the winner's engine is installed on the signature (`install_engine`), its
-range frozen to the samples it was checked on, and the samples released; or the signature stays eager with the
-reason. A failure inside tuning is caught and becomes the reason; `Decision.raise_if_strict()` re-raises it in
+commits the outcome with `commit`: the winner's engine is installed on the signature
+(`SignatureRecord.install_engine`), its range frozen to the samples it was checked on, and the samples
+released; or the signature stays eager with the reason. A failure inside tuning is caught and becomes the reason; `Decision.raise_if_strict()` re-raises it in
 strict mode once the front has done its own bookkeeping.
 """
 

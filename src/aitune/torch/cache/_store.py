@@ -141,7 +141,8 @@ class EngineStore:
             record = self._verified_record(key, path)
         except UnsignedEntry as e:
             logger.warning("aitune cache: not loading %s: %s. It was not written by your aitune (or was edited "
-                           "since); it is tuned again and replaced.", path, e)
+                           "since); it is tuned again and replaced. (For a cache directory copied from another "
+                           "machine that you trust: python -m aitune.torch.cache adopt --dir %s)", path, e, self.root)
             return None
         except CorruptEntry as e:
             logger.warning("aitune cache: entry %s is not usable (%s); removing it and tuning again", path, e)
