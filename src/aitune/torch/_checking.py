@@ -1,9 +1,10 @@
 """Compare a candidate's outputs with the recorded eager outputs.
 
-Rules: same structure (container types, keys, lengths), same tensor dtypes, shapes and devices; floating
-tensors within per-dtype (rtol, atol) element by element, or, for rounding noise spread over a tensor, within
-rtol in relative L2 error with no outlier element; other tensors and plain values exactly equal; no NaN or Inf
-where eager had none at that position.
+Rules: same structure (container types, keys, lengths; state objects such as a transformers cache compared by
+their attributes), same tensor dtypes, shapes, devices and `requires_grad` (an output that carries autograd in
+eager must carry it from the engine); floating tensors within per-dtype (rtol, atol) element by element, or, for
+rounding noise spread over a tensor, within rtol in relative L2 error with no outlier element; other tensors and
+plain values exactly equal; no NaN or Inf where eager had none at that position.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def _compare_tensor(path: str, ref: torch.Tensor, out: Any, tolerances: dict[str
         raise _Mismatch(f"{path}: shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
     if out.device != ref.device:
         raise _Mismatch(f"{path}: device {out.device} differs from eager {ref.device}")
+    if out.requires_grad != ref.requires_grad:
+        raise _Mismatch(f"{path}: requires_grad={out.requires_grad}, eager's output has requires_grad="
+                        f"{ref.requires_grad} (an engine without autograd cannot serve a call that needs it)")
     out, ref = out.detach(), ref.detach()
     if out.is_complex() or out.is_floating_point():
         rtol, atol = _tolerance(ref.dtype, tolerances, compute_dtype)
@@ -91,10 +95,12 @@ def _compare_tensor(path: str, ref: torch.Tensor, out: Any, tolerances: dict[str
 
 
 def _compare(path: str, ref: Any, out: Any, tolerances: dict[str, tuple[float, float]],
-             compute_dtype: torch.dtype | None) -> float:
+             compute_dtype: torch.dtype | None, _open: frozenset[int] = frozenset()) -> float:
     if isinstance(ref, torch.Tensor):
         return _compare_tensor(path, ref, out, tolerances, compute_dtype)
-    ref_kids = _tree.children(ref)
+    if id(ref) in _open:
+        return 0.0  # a cycle (an object holding itself): compared where it was first met
+    ref_kids = _tree.parts(ref)
     if ref_kids is None:
         if isinstance(ref, float) and isinstance(out, float) and math.isnan(ref) and math.isnan(out):
             return 0.0
@@ -103,12 +109,14 @@ def _compare(path: str, ref: Any, out: Any, tolerances: dict[str, tuple[float, f
         return 0.0
     if type(out) is not type(ref):
         raise _Mismatch(f"{path}: {type(out).__name__} differs from eager {type(ref).__name__}")
-    out_kids = _tree.children(out) or []
+    out_kids = _tree.parts(out) or []
     if [k for k, _ in ref_kids] != [k for k, _ in out_kids]:
         raise _Mismatch(f"{path}: keys {[k for k, _ in out_kids]} differ from eager {[k for k, _ in ref_kids]}")
     worst = 0.0
+    inner = _open | {id(ref)}
     for (key, r), (_, o) in zip(ref_kids, out_kids):
-        worst = max(worst, _compare(f"{path}[{key!r}]" if path else f"[{key!r}]", r, o, tolerances, compute_dtype))
+        where = f"{path}[{key!r}]" if path else f"[{key!r}]"
+        worst = max(worst, _compare(where, r, o, tolerances, compute_dtype, inner))
     return worst
 
 
@@ -122,7 +130,7 @@ def compare_outputs(reference: Any, output: Any, tolerances: dict[str, tuple[flo
 
 def same_values(a: Any, b: Any) -> bool:
     """Exact equality of the tensors of two structures (NaN equals NaN): did a call change its inputs?"""
-    ta, tb = list(_tree.tensors(a)), list(_tree.tensors(b))
+    ta, tb = list(_tree.all_tensors(a)), list(_tree.all_tensors(b))
     if len(ta) != len(tb):
         return False
     for x, y in zip(ta, tb):

@@ -106,6 +106,9 @@ class SignatureRecord:
     #: One recorded sample kept after tuning (explicit API): `ait.save` stores its inputs so that `ait.load` can
     #: check the loaded engine against the model's eager outputs.
     reference: Sample | None = field(default=None, repr=False)
+    #: What a recorded call (after the first) changed in the module itself (`_signature._state`); such a
+    #: signature stays eager.
+    state_change: str | None = None
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:

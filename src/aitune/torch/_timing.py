@@ -18,11 +18,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_latency_ms(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+def measure_latency_ms(fn: Callable[..., Any], inputs: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]],
                        device: torch.device, *, warmup: int, iterations: int, max_seconds: float) -> float:
-    """Median latency of `fn(*args, **kwargs)` in milliseconds, within a time budget of `max_seconds`."""
+    """Median latency of `fn(*args, **kwargs)` in milliseconds, within a time budget of `max_seconds`; `inputs()`
+    gives each call's (args, kwargs), outside the measured window."""
     start = time.perf_counter()
     for _ in range(warmup):
+        args, kwargs = inputs()
         fn(*args, **kwargs)
         if time.perf_counter() - start > max_seconds / 2:
             break
@@ -30,6 +32,8 @@ def measure_latency_ms(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
     times: list[float] = []
     budget_end = time.perf_counter() + max_seconds
     for _ in range(iterations):
+        args, kwargs = inputs()
+        _sync(device)
         t0 = time.perf_counter()
         fn(*args, **kwargs)
         _sync(device)

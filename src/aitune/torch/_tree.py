@@ -1,7 +1,11 @@
-"""Nested-structure helpers: walk, map and describe inputs and outputs made of tuples, lists, dicts,
+"""Nested-structure helpers: walk, map, copy and describe inputs and outputs made of tuples, lists, dicts,
 namedtuples and dataclasses (including transformers' ModelOutput) with tensors and plain values as leaves.
 
-Known limit: objects of other types are treated as opaque leaves, compared with `==` and keyed by type.
+Containers (`children`) are what `tree_map` rebuilds and what engines that run no Python flatten. Other Python
+objects that carry state in their attributes (a transformers `DynamicCache` or `StaticCache`, a user's object)
+are state objects: `parts` and `all_tensors` walk into them (to describe, compare and size them), `clone` copies
+them whole (`copy.deepcopy`, with the tensors inside copied once, aliasing kept), and `tree_map` keeps them as they
+are. Modules, functions, classes and objects without attributes stay opaque leaves, compared with `==`.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,37 +50,55 @@ def children(obj: Any) -> list[tuple[Any, Any]] | None:
     return None
 
 
+#: Objects never walked into or copied: they are code, or too big to be a call's state.
+_NOT_STATE = (torch.nn.Module, type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+              types.MethodType, torch.Generator,
+              *(t for t in (getattr(torch, "Stream", None), getattr(torch, "Event", None)) if isinstance(t, type)))
+
+
+def state_fields(obj: Any) -> list[tuple[str, Any]] | None:
+    """The attributes of a state object (see the module docstring), sorted by name; None for anything else."""
+    if isinstance(obj, (torch.Tensor, *_VALUE_LEAVES, *_NOT_STATE)) or children(obj) is not None:
+        return None
+    attributes = getattr(obj, "__dict__", None)
+    if not isinstance(attributes, dict):
+        return None
+    return sorted(attributes.items())
+
+
+def parts(obj: Any) -> list[tuple[Any, Any]] | None:
+    """(key, child) pairs of a container or a state object, or None for a leaf."""
+    kids = children(obj)
+    return kids if kids is not None else state_fields(obj)
+
+
+def all_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor, state objects included, each object visited once, in a stable order."""
+    seen: set[int] = set()
+
+    def walk(value: Any) -> Iterator[torch.Tensor]:
+        if isinstance(value, torch.Tensor):
+            yield value
+            return
+        kids = parts(value)
+        if kids is None or id(value) in seen:
+            return
+        seen.add(id(value))
+        for _, child in kids:
+            yield from walk(child)
+
+    yield from walk(obj)
+
+
+class Uncopyable(Exception):
+    """A call's inputs hold an object that cannot be copied (so aitune cannot run the call on a copy)."""
+
+
 def tree_map(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
     """Rebuild `obj` with every tensor leaf replaced by `fn(tensor)`; other leaves are kept as they are."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, dict):
-        mapped = {k: tree_map(fn, v) for k, v in obj.items()}
-        if type(obj) is dict:
-            return mapped
-        if dataclasses.is_dataclass(obj):
-            # ModelOutput-like (an OrderedDict and a dataclass): its dict view holds the fields that are set.
-            try:
-                return type(obj)(**mapped)
-            except Exception:  # a class that cannot be rebuilt from its fields: the plain dict keeps the data
-                return mapped
-        try:
-            return type(obj)(mapped)
-        except Exception:  # a mapping class that cannot be rebuilt from a dict: the plain dict keeps the data
-            return mapped
-    if _is_namedtuple(obj):
-        return type(obj)(*(tree_map(fn, v) for v in obj))
-    if isinstance(obj, tuple):
-        return tuple(tree_map(fn, v) for v in obj)
-    if isinstance(obj, list):
-        return [tree_map(fn, v) for v in obj]
-    names = _dataclass_fields(obj)
-    if names is not None:
-        new = copy.copy(obj)
-        for n in names:
-            object.__setattr__(new, n, tree_map(fn, getattr(obj, n)))
-        return new
-    return obj
+    return tree_map_with(lambda child: tree_map(fn, child), obj)
 
 
 def tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -112,7 +135,7 @@ def leaf_paths(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield from leaf_paths(child, f"{prefix}.{key}" if prefix else str(key))
 
 
-def spec(obj: Any) -> Any:
+def spec(obj: Any, _open: frozenset[int] = frozenset()) -> Any:
     """A hashable description of the structure, tensor metadata (not sizes) and plain leaf values."""
     if isinstance(obj, torch.Tensor):
         return ("T", obj.dtype, obj.device, obj.dim(), obj.requires_grad, obj.layout)
@@ -123,13 +146,30 @@ def spec(obj: Any) -> Any:
         except TypeError:
             return ("O", type(obj).__qualname__)
     kids = children(obj)
-    if kids is None:
+    if kids is not None:
+        return (type(obj).__qualname__, tuple((k, spec(v, _open)) for k, v in kids))
+    fields = state_fields(obj)
+    if fields is None:
         return ("O", type(obj).__module__, type(obj).__qualname__)
-    return (type(obj).__qualname__, tuple((k, spec(v)) for k, v in kids))
+    if id(obj) in _open:
+        return ("cycle", type(obj).__qualname__)
+    # A state object: its structure, its tensors' metadata and its flags, not its numbers (a step counter would
+    # otherwise make every call a new signature). A cache before and after its first update differ.
+    inner = _open | {id(obj)}
+    return ("S", type(obj).__module__, type(obj).__qualname__,
+            tuple((k, _state_spec(v, inner)) for k, v in fields))
+
+
+def _state_spec(value: Any, _open: frozenset[int]) -> Any:
+    if isinstance(value, (bool, type(None), str, enum.Enum)):
+        return ("V", type(value), value)
+    if isinstance(value, (int, float)):
+        return ("N", type(value))
+    return spec(value, _open)
 
 
 def nbytes(obj: Any) -> int:
-    return sum(t.element_size() * t.nelement() for t in tensors(obj))
+    return sum(t.element_size() * t.nelement() for t in all_tensors(obj))
 
 
 def clone_outputs(obj: Any) -> Any:
@@ -157,5 +197,67 @@ def clone_outputs(obj: Any) -> Any:
 
 
 def clone(obj: Any) -> Any:
-    """A deep copy of the tensor leaves (detached), so later in-place edits by the caller cannot reach it."""
-    return tree_map(lambda t: t.detach().clone(), obj)
+    """A deep copy that shares nothing with `obj`: tensors copied (detached into leaves that keep the original's
+    `requires_grad`; one copy for a tensor that appears twice), containers rebuilt, state objects copied whole.
+    Later in-place edits of either side never reach the other. Raises Uncopyable for a state object that cannot be
+    copied."""
+    memo: dict[int, Any] = {}
+
+    def copy_tensor(t: torch.Tensor) -> torch.Tensor:
+        found = memo.get(id(t))
+        if found is None:
+            found = t.detach().clone()
+            if t.requires_grad:
+                found.requires_grad_(True)  # a leaf that says what the original said (checked like a dtype)
+            memo[id(t)] = found
+        return found
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return copy_tensor(value)
+        if children(value) is not None:
+            return tree_map_with(walk, value)
+        if state_fields(value) is None:
+            return value
+        done = memo.get(id(value))
+        if done is not None:
+            return done
+        for t in all_tensors(value):
+            copy_tensor(t)  # deepcopy then finds every tensor copied already (detached, aliasing kept)
+        try:
+            done = memo[id(value)] = copy.deepcopy(value, memo)
+        except Exception as e:  # locks, generators, handles: the call cannot be run on a copy
+            raise Uncopyable(f"{type(value).__qualname__} cannot be copied ({type(e).__name__}: {e})") from None
+        return done
+
+    return walk(obj)
+
+
+def tree_map_with(fn: Callable[[Any], Any], obj: Any) -> Any:
+    """Rebuild a container with `fn` applied to each child (one level; `fn` recurses as it likes)."""
+    if isinstance(obj, dict):
+        mapped = {k: fn(v) for k, v in obj.items()}
+        if type(obj) is dict:
+            return mapped
+        if dataclasses.is_dataclass(obj):
+            try:
+                return type(obj)(**mapped)
+            except Exception:  # a class that cannot be rebuilt from its fields: the plain dict keeps the data
+                return mapped
+        try:
+            return type(obj)(mapped)
+        except Exception:  # a mapping class that cannot be rebuilt from a dict: the plain dict keeps the data
+            return mapped
+    if _is_namedtuple(obj):
+        return type(obj)(*(fn(v) for v in obj))
+    if isinstance(obj, tuple):
+        return tuple(fn(v) for v in obj)
+    if isinstance(obj, list):
+        return [fn(v) for v in obj]
+    names = _dataclass_fields(obj)
+    if names is not None:
+        new = copy.copy(obj)
+        for n in names:
+            object.__setattr__(new, n, fn(getattr(obj, n)))
+        return new
+    return obj

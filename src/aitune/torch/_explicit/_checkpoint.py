@@ -301,7 +301,7 @@ def _load_signature(source: Path, unpacked: Path, entry: ModuleEntry, sig_entry:
                                   path=source)
         inputs = _tree.clone((args, kwargs))
         with OwnWork():
-            outputs = _tree.clone(torch.nn.Module._wrapped_call_impl(module, *args, **kwargs))
+            outputs = _tree.clone(module.forward(*args, **kwargs))
         after = _tree.clone((args, kwargs)) if not same_values(inputs, (args, kwargs)) else None
         sample = Sample(inputs[0], inputs[1], outputs, after, _tree.nbytes((inputs, outputs)))
         sig.min_shapes = [list(s) for s in sig_entry.min_shapes]

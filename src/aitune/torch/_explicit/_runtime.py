@@ -32,6 +32,14 @@ from torch.compiler import is_dynamo_compiling
 from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord, SignatureTable
+from aitune.torch._signature._hooks import (
+    HOOKS,
+    blocked_by,
+    call_with_hooks,
+    hooked_submodule,
+    keep_watching,
+    own_forward_hooks,
+)
 from aitune.torch._signature._record import record_call, release_samples
 from aitune.torch._signature._route import FAIL_OPEN, GUARD, choose, drop_engine, run_engine, tracing
 from aitune.torch.tune_strategy._base import CandidateResult, TuneStrategy
@@ -89,6 +97,8 @@ class ModuleRuntime:
         self.lock = threading.RLock()
         #: `weights_state(module)` when the engines were installed.
         self._weights: tuple[tuple[Any, ...], int] | None = None
+        #: `_signature._hooks.HOOKS` when the submodules' hooks were last checked.
+        self._hook_epoch = -1
         self.serial = LIVE.add(self)
 
     @property
@@ -135,9 +145,12 @@ class ModuleRuntime:
         return chosen if chosen is not None else self.strategy
 
     def installed(self) -> None:
-        """A decision installed an engine on one of the signatures: serve it, against today's weights."""
+        """A decision installed an engine on one of the signatures: serve it, against today's weights, and notice
+        hooks registered below the module from now on."""
+        keep_watching()
         with self.lock:
             self._weights = weights_state(self.module)
+            self._hook_epoch = HOOKS.value
             self.state = "tuned"
 
     def install(self, sig: SignatureRecord, result: CandidateResult, eager_latency_ms: float | None) -> None:
@@ -174,7 +187,23 @@ class ModuleRuntime:
         if self.state == "passthrough" or module.training:
             # Training-mode calls are never recorded or routed.
             return self.eager(args, kwargs)
+        if blocked_by(module) is not None:
+            return self.eager(args, kwargs)  # hooks no engine can honour: torch runs the call and its hooks
+        if self._hook_epoch != HOOKS.value:
+            self._hook_epoch = HOOKS.value
+            below = hooked_submodule(module)
+            if below is not None and self.state == "tuned":
+                self.invalidate(f"its submodule {below} got hooks, which an engine fusing it would skip")
+        if own_forward_hooks(module):
+            return call_with_hooks(module, lambda a, k: self._route(a, k, forward_only=True), args, kwargs)
+        return self._route(args, kwargs, forward_only=False)
+
+    def _route(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, forward_only: bool) -> Any:
         strict = bool(_settings().strict)
+
+        def eager() -> Any:
+            return self.eager(args, kwargs, forward_only=forward_only)
+
         try:
             sig, shapes = self.table.lookup(args, kwargs, self.name)
             if sig.engine is not None and not self._weights_current(sig):
@@ -187,30 +216,32 @@ class ModuleRuntime:
             raise
         except Exception as e:  # aitune's own logic failed (not the user's forward): the fail-open policy
             FAIL_OPEN.handle(f"handling a call of {self.name}", e, strict=strict)
-            return self.eager(args, kwargs)
+            return eager()
         if route == "engine":
-            out = run_engine(sig, args, kwargs, lambda: self.eager(args, kwargs), name=self.name, strict=strict)
+            out = run_engine(sig, args, kwargs, eager, name=self.name, strict=strict)
             if sig.engine is None:  # dropped: it failed, or failed its live confirmation
                 self.settle()
             return out
         if route == "record":
             settings = _settings()
-            return record_call(sig, args, kwargs, lambda: self.eager(args, kwargs), name=self.name,
+            return record_call(sig, args, kwargs, eager, name=self.name, module=self.module,
                                max_samples=int(settings.max_num_samples_stored),
                                max_bytes=int(settings.max_samples_bytes),
                                fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))
-        return self.eager(args, kwargs)
+        return eager()
 
-    def eager(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The wrapped module's own call, with its hooks, kept out of JIT mode (the guard's `wrapped` flag, set
-        inline: this is the whole cost of a wrapper in passthrough)."""
+    def eager(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, forward_only: bool = False) -> Any:
+        """The wrapped module's own call, with its hooks (its forward alone when they are being run around this
+        call), kept out of JIT mode (the guard's `wrapped` flag, set inline: this is the whole cost of a wrapper in
+        passthrough)."""
+        module = self.module
         if is_dynamo_compiling():
-            return self.module(*args, **kwargs)
+            return module(*args, **kwargs)
         guard = GUARD
         prev = guard.wrapped
         guard.wrapped = True
         try:
-            return self.module(*args, **kwargs)
+            return module.forward(*args, **kwargs) if forward_only else module(*args, **kwargs)
         finally:
             guard.wrapped = prev
 

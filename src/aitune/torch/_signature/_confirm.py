@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from aitune.torch import _tree
-from aitune.torch._checking import compare_outputs, same_values
+from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
 from aitune.torch.backend._base import Engine
 
@@ -69,8 +69,11 @@ class LiveCheck(Engine):
         verdict = compare_outputs(out, got, self._tolerances, getattr(self.engine, "compute_dtype", None))
         if not verdict.ok:
             self._reject(f"its outputs differ from eager on a live call ({verdict.reason})", out)
-        if not same_values((args, kwargs), copies):
-            self._reject("it changes its inputs in place differently from eager on a live call", out)
+        written = compare_outputs((args, kwargs), copies, self._tolerances, getattr(self.engine, "compute_dtype", None),
+                                  path="inputs after the call")
+        if not written.ok:
+            self._reject(f"it changes its inputs in place differently from eager on a live call ({written.reason})",
+                         out)
         with self._lock:
             self._left -= 1
             done = self._left == 0

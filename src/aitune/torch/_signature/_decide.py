@@ -4,8 +4,8 @@
 the grad and inference modes it was recorded in (the persistent cache first, `_reuse`, then the strategy), and
 commits the outcome with `commit`: the winner's engine is installed on the signature
 (`SignatureRecord.install_engine`), its range frozen to the samples it was checked on, and the samples
-released; or the signature stays eager with the reason. A failure inside tuning is caught and becomes the reason; `Decision.raise_if_strict()` re-raises it in
-strict mode once the front has done its own bookkeeping.
+released; or the signature stays eager with the reason. A failure inside tuning is caught and becomes the
+reason; `Decision.raise_if_strict()` re-raises it in strict mode once the front has done its own bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device
 from aitune.torch._signature._record import release_samples
@@ -115,7 +116,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     reference = None
     try:
         device = first_device(samples)
-        chosen = plan(device)
+        chosen = restrict(plan(device), module, sig, samples)
         if not chosen.backends and chosen.why_none:
             outcome = TuneOutcome(None, [], None, chosen.why_none)
         else:
@@ -132,6 +133,35 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     decision = Decision(name, outcome, error, time.perf_counter() - start, strict)
     commit(sig, decision, samples, reference, label)
     return decision
+
+
+def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> Plan:
+    """The plan narrowed to what may serve this signature at all, whichever front asked:
+
+    - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
+    - a call that needs autograd (grad enabled, and an input or a parameter requires grad) only by backends
+      whose engines carry it (`Backend.supports_autograd`).
+    """
+    if sig.state_change is not None:
+        return Plan(plan.strategy, [], f"its forward changes the module's own state ({sig.state_change}), which an "
+                                       "engine would not reproduce")
+    if not needs_autograd(module, sig, samples):
+        return plan
+    kept = [b for b in plan.backends if b.supports_autograd]
+    if kept or not plan.backends:
+        return Plan(plan.strategy, kept, plan.why_none)
+    dropped = ", ".join(b.describe() for b in plan.backends)
+    return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
+                                   f"which {dropped} cannot carry; call it under torch.no_grad() or "
+                                   f"torch.inference_mode() for inference")
+
+
+def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> bool:
+    if not sig.key[0]:  # recorded with grad disabled (no_grad); inference_mode disables it too
+        return False
+    if any(p.requires_grad for p in module.parameters()):
+        return True
+    return any(t.requires_grad for s in samples for t in _tree.all_tensors((s.args, s.kwargs)))
 
 
 def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], reference: Sample | None,

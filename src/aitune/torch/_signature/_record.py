@@ -12,10 +12,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from aitune.torch import _tree
 from aitune.torch._checking import same_values
 from aitune.torch._errors import AITuneError
 from aitune.torch._samples import Sample, SignatureRecord
+from aitune.torch._signature._state import changes, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +68,34 @@ def release_samples(sig: SignatureRecord) -> None:
 
 
 def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, Any], eager: Callable[[], Any], *,
-                name: str, max_samples: int, max_bytes: int, fail_open: Callable[[str, BaseException], None]) -> Any:
+                name: str, module: torch.nn.Module, max_samples: int, max_bytes: int,
+                fail_open: Callable[[str, BaseException], None]) -> Any:
     """Run the call (`eager()`) and keep a sample of it when `sig` has fewer than `max_samples` and the budget
-    has room. Failures of the copying go to `fail_open` (which raises in strict mode); the call's result is
-    returned either way."""
+    has room: copies of its inputs (state objects such as a cache included, so that nothing aitune runs later
+    reaches the caller's objects), of its outputs, and of its inputs after the call when it changed them. What the
+    call changed in `module` itself is noted on the signature (`_signature._state`). Failures of the copying go to
+    `fail_open` (which raises in strict mode); the call's result is returned either way."""
     inputs = None
+    before = None
     try:
         if len(sig.samples) < max_samples and BUDGET.used < max_bytes:
             inputs = _tree.clone((args, kwargs))
+            before = snapshot(module)
+    except _tree.Uncopyable as e:
+        with sig.lock:
+            sig.status = "eager"
+            sig.reason = f"its inputs cannot be copied, so aitune cannot tune it without touching them: {e}"
+        logger.info("%s: stays eager (%s)", name, sig.reason)
     except Exception as e:  # inputs that cannot be copied are not recorded; the call runs as it is
         fail_open(f"recording inputs of {name}", e)
     out = eager()
     if inputs is None:
         return out
     try:
+        if before is not None and sig.samples:  # the first recorded call may set things up lazily
+            changed = changes(before, snapshot(module))
+            if changed is not None:
+                sig.state_change = changed
         outputs = _tree.clone(out)
         mutated = not same_values(inputs, (args, kwargs))
         after = _tree.clone((args, kwargs)) if mutated else None

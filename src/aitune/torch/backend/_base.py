@@ -64,6 +64,9 @@ class Backend(abc.ABC):
     #: True when its engines hold their own copy of the weights (see `Engine.bakes_weights`): such backends are
     #: not tried again for a module whose weights changed in place under one of their engines.
     bakes_weights: ClassVar[bool] = False
+    #: True when its engines carry autograd (outputs with a graph, backward as eager's): only such backends serve
+    #: calls that need it (grad enabled, parameters or inputs requiring grad).
+    supports_autograd: ClassVar[bool] = False
     #: True when loading a saved artifact runs code from it (a compiled shared library, a pickle). A property of
     #: the class, never read from a file: checkpoints rebuild such engines instead of loading them unless the
     #: user passes `trust_native_code=True`, and the persistent cache loads them only from signed entries.

@@ -25,8 +25,8 @@ class _EagerEngine(Engine):
         module = self._module()
         if module is None:
             raise RuntimeError("the module of this engine was garbage-collected")
-        # The original __call__ keeps the module's hooks and bypasses aitune's patch.
-        return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
+        # forward itself: aitune runs the module's own hooks around every engine, this one included.
+        return module.forward(*args, **kwargs)
 
 
 class TorchEagerBackend(Backend):
@@ -34,6 +34,7 @@ class TorchEagerBackend(Backend):
 
     config_class = TorchEagerBackendConfig
     kind = "jit"
+    supports_autograd = True
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:

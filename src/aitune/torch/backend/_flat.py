@@ -159,6 +159,6 @@ class FlatModule(torch.nn.Module):
 
     def forward(self, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         args, kwargs = self._io.unflatten_inputs(flat)
-        # _call_impl: the module's own hooks run, aitune's patched __call__ is not re-entered for it.
-        out = self.module._call_impl(*args, **kwargs)
+        # forward: aitune runs the module's own hooks around the engine; its patched __call__ is not re-entered.
+        out = self.module.forward(*args, **kwargs)
         return tuple(_tree.tensors(out))

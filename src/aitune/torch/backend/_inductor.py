@@ -28,17 +28,18 @@ _entry_ids = itertools.count()
 
 
 def entry_point(module: torch.nn.Module) -> Callable[..., Any]:
-    """A function `entry(module, *args, **kwargs)` calling `module._call_impl`, whose code object belongs to
-    this engine alone.
+    """A function `entry(module, *args, **kwargs)` calling `module.forward`, whose code object belongs to this
+    engine alone.
 
     Dynamo keys its compiled-code cache and its recompile limit on the code object of the frame it compiles.
-    Compiling `module._call_impl` directly would share one code object (nn.Module's) across every module
-    aitune tunes, and the ninth module would silently run uncompiled. The module is an argument rather than a
-    closure so the engine never keeps it alive. Forward hooks still run.
+    Compiling a method of nn.Module directly would share one code object across every module aitune tunes, and
+    the ninth module would silently run uncompiled. The module is an argument rather than a closure so the engine
+    never keeps it alive. The module's own hooks are not part of the engine: aitune runs them around it
+    (`_signature._hooks`), once per user call.
     """
 
     def entry(mod: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return mod._call_impl(*args, **kwargs)
+        return mod.forward(*args, **kwargs)
 
     code = entry.__code__.replace(co_name=f"aitune_{type(module).__name__}_{next(_entry_ids)}")
     return types.FunctionType(code, entry.__globals__, code.co_name, None, None)
@@ -76,10 +77,12 @@ def autocast_for(enabled: bool, dtype_name: str | None, device: torch.device
 
 
 def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
-    """Run `engine` on every recorded sample now, so torch.compile's compiles (one per distinct shape) happen
-    while tuning, not on a user's call."""
+    """Run `engine` on (copies of) every recorded sample now, so torch.compile's compiles (one per distinct shape)
+    happen while tuning, not on a user's call. Copies: a call that changes its inputs must not change the samples
+    it will be checked on."""
     for sample in samples:
-        engine(*sample.args, **sample.kwargs)
+        args, kwargs = _tree.clone((sample.args, sample.kwargs))
+        engine(*args, **kwargs)
     return engine
 
 
@@ -109,6 +112,7 @@ class TorchInductorJitBackend(Backend):
 
     config_class = TorchInductorJitBackendConfig
     kind = "jit"
+    supports_autograd = True
 
     config: TorchInductorJitBackendConfig
 
@@ -120,8 +124,8 @@ class TorchInductorJitBackend(Backend):
             kwargs["mode"] = cfg.mode
         if cfg.options:
             kwargs["options"] = dict(cfg.options)
-        # Compile the module's _call_impl (as nn.Module.compile does): forward hooks still run, and a frame
-        # that falls back to Python never re-enters the patched __call__ of this module.
+        # Compile the module's forward: its own hooks run around the engine, and a frame that falls back to Python
+        # never re-enters the patched __call__ of this module.
         compiled = torch.compile(entry_point(module), **kwargs)
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         uses_cudagraphs = device.type == "cuda" and (

@@ -282,8 +282,8 @@ def quantize_module(module: torch.nn.Module, samples: Sequence[Sample], config: 
     def forward_loop(m: torch.nn.Module) -> None:
         with torch.no_grad():
             for s in calibration:
-                # The original __call__: the copy is aitune's own, never a module to discover and record.
-                torch.nn.Module._wrapped_call_impl(m, *s.args, **s.kwargs)
+                # forward itself: the copy is aitune's own, never a module to discover, record or run hooks of.
+                m.forward(*s.args, **s.kwargs)
 
     logger.info("ModelOpt torch quantization %s on %d recorded samples", config.quantization_config,
                 len(calibration))

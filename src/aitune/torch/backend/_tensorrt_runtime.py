@@ -235,7 +235,7 @@ class TensorRTEngine(Engine):
                         "run eagerly", type(module).__name__, [list(s) for s in shapes])
         if module is None:
             raise RuntimeError("the module of this TensorRT engine was garbage-collected")
-        return torch.nn.Module._wrapped_call_impl(module, *args, **kwargs)
+        return module.forward(*args, **kwargs)
 
     def _bind(self, index: int, inputs: Sequence[torch.Tensor], stream: int) -> tuple[list[torch.Tensor],
                                                                                       list[torch.Tensor]]:

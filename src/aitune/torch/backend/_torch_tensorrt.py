@@ -448,7 +448,7 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
                 _check_fx(samples[0], ranges)
                 compiled = trt.compile(module, ir="fx", inputs=list(example), **options)
             else:
-                # FlatModule calls module._call_impl: hooks run, aitune's patched __call__ is not re-entered.
+                # FlatModule calls module.forward: aitune runs the hooks, its patched __call__ is not re-entered.
                 target: Any = (export_flat(module, io, example, ranges) if cfg.ir == "dynamo" else
                                torch.jit.trace(FlatModule(module, io), example, check_trace=False))
                 compiled = trt.compile(target, ir=cfg.ir, inputs=_trt_inputs(trt, ranges), **options)

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from aitune.torch import cache
+from aitune.torch._signature import _hooks as hooks
 from aitune.torch.jit import _hook, _report, _runtime, _tracker, _tuner
 from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 
@@ -58,6 +59,7 @@ def enable_jit_tuning() -> bool:
         # Opened now so that an unusable cache directory is reported (once) before the script runs.
         store = cache.configured_store(config)
         _hook.install(_runtime.make_handler(_tuner.tune_signature))
+        hooks.watch()
         if not _state["atexit"]:
             atexit.register(_report.at_exit)
             _state["atexit"] = True
@@ -73,6 +75,7 @@ def disable_jit_tuning() -> bool:
     with _lock:
         if not _hook.uninstall():
             return False
+        hooks.unwatch()
         _write_report_quietly()
         _tracker.reset()
     logger.info("JIT tuning disabled; torch.nn.Module.__call__ restored")

@@ -128,7 +128,7 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
         cells = [c[: widths[i]].ljust(widths[i]) if i < 3 else c.rjust(widths[i]) for i, c in enumerate(r)]
         lines.append("  " + "  ".join(cells).rstrip())
     for m in modules:
-        if m["state"] in ("eager", "failed") and m["reason"] and m["depth"] == 0:
+        if m["state"] in ("eager", "failed", "recording") and m["reason"] and m["depth"] == 0:
             lines.append(f"  {m['name']}: {m['reason'][:200]}")
     return "\n".join(lines)
 

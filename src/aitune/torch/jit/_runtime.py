@@ -18,6 +18,7 @@ import torch
 from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord
+from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
 from aitune.torch._signature._record import record_call, release_samples
 from aitune.torch._signature._route import FAIL_OPEN, GUARD, choose, drop_engine, run_engine, tracing
 from aitune.torch.jit import _tracker
@@ -53,25 +54,51 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
                     st.passthrough = True
             if module.training:
                 # Training-mode calls are never recorded or routed; they run exactly as without aitune.
+                _tell(st, "training", f"{st.name} is in training mode: aitune tunes eval-mode calls; call "
+                                      "model.eval() for inference")
+                return _call_tracked(st, module, args, kwargs)
+            blocked = blocked_by(module)
+            if blocked is not None:
+                # Hooks no engine can honour: the call runs as without aitune, torch running the hooks.
+                _tell(st, "hooks", f"{st.name}: runs eagerly: {blocked}")
                 return _call_tracked(st, module, args, kwargs)
             _check_weights(st, module)
+            if st.hook_epoch != HOOKS.value:
+                _check_hooks_below(st, module)
+            hooked = own_forward_hooks(module)
+        except AITuneError:
+            raise
+        except Exception as e:  # aitune's own logic failed (not the user's forward): the fail-open policy
+            FAIL_OPEN.handle(f"handling a call of {type(module).__name__}", e, strict=SETTINGS.strict)
+            return _original_call(module, *args, **kwargs)
+        if hooked:
+            # Its own hooks run here, once; what they hand on is what is keyed, recorded and served.
+            return call_with_hooks(module, lambda a, k: route_call(st, module, a, k, hooked=True), args, kwargs)
+        return route_call(st, module, args, kwargs, hooked=False)
+
+    def route_call(st: ModuleState, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                   hooked: bool) -> Any:
+        table = st.table
+        assert table is not None
+        try:
             sig, shapes = table.lookup(args, kwargs, st.name)
             route = choose(sig, shapes, st.name)
         except AITuneError:
             raise
         except Exception as e:  # aitune's own logic failed (not the user's forward): the fail-open policy
             FAIL_OPEN.handle(f"handling a call of {type(module).__name__}", e, strict=SETTINGS.strict)
-            return _original_call(module, *args, **kwargs)
+            return _call_tracked(st, module, args, kwargs, forward_only=hooked)
 
         def eager() -> Any:
-            return _call_tracked(st, module, args, kwargs)
+            return _call_tracked(st, module, args, kwargs, forward_only=hooked)
 
         if route == "engine":
             return run_engine(sig, args, kwargs, eager, name=st.name, strict=SETTINGS.strict)
         if route == "eager":
             return eager()
         strict = SETTINGS.strict
-        out = record_call(sig, args, kwargs, eager, name=st.name, max_samples=SETTINGS.max_num_samples_stored,
+        out = record_call(sig, args, kwargs, eager, name=st.name, module=module,
+                          max_samples=SETTINGS.max_num_samples_stored,
                           max_bytes=SETTINGS.max_samples_bytes,
                           fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))
         if SETTINGS.tune_eagerly and sig.calls >= SETTINGS.min_samples and sig.samples:
@@ -86,14 +113,42 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
     return handle_call
 
 
-def _call_tracked(st: ModuleState, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run eagerly with this module on the thread's call stack, so its children find their parent."""
+def _call_tracked(st: ModuleState, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                  forward_only: bool = False) -> Any:
+    """Run eagerly with this module on the thread's call stack, so its children find their parent; its forward
+    alone when its hooks are being run by `call_with_hooks` around this call."""
     stack = _tracker.call_stack()
     stack.append(st)
     try:
+        if forward_only:
+            return module.forward(*args, **kwargs)
         return _original_call(module, *args, **kwargs)
     finally:
         stack.pop()
+
+
+def _tell(st: ModuleState, what: str, message: str) -> None:
+    """One INFO line per module and condition, and the reason the report gives while nothing is tuned."""
+    if what not in st.told:
+        st.told.add(what)
+        logger.info("%s", message)
+    if not any(s.status == "tuned" for s in st.signatures.values()):
+        st.reason = message
+
+
+def _check_hooks_below(st: ModuleState, module: torch.nn.Module) -> None:
+    """A hook registered on a submodule: an engine fusing that submodule would skip it, so the module gives its
+    engines up and its children are tried instead (they run their own hooks)."""
+    st.hook_epoch = HOOKS.value
+    below = hooked_submodule(module)
+    if below is None or not any(s.engine is not None or s.samples for s in st.signatures.values()):
+        return
+    reason = (f"its submodule {below} has hooks, which an engine fusing it would skip; its children are tried "
+              "instead")
+    logger.info("%s: %s", st.name, reason)
+    with LOCK:
+        _tracker.reopen_descendants(st)
+        _tracker.give_up(st, "eager", reason, SETTINGS)
 
 
 def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:

@@ -50,7 +50,7 @@ class ModuleState:
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "table", "reason", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "__weakref__",
+        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: ModuleStatus, name: str, qualname: str, depth: int,
@@ -82,6 +82,10 @@ class ModuleState:
         #: on (training between evaluations, not a one-off reload) only backends that read the live weights are
         #: tried, so the module is not rebuilt after every step.
         self.baked_invalidations = 0
+        #: `_signature._hooks.HOOKS` when hooks below this module were last checked.
+        self.hook_epoch = -1
+        #: Conditions already logged for this module (one INFO line each: training mode, hooks...).
+        self.told: set[str] = set()
 
     @property
     def signatures(self) -> dict[Any, SignatureRecord]:
@@ -335,6 +339,15 @@ def give_up(st: ModuleState, status: ModuleStatus, reason: str, settings: Any) -
     st.set_status(status, reason)
     st.decided = True
     _activate_children(st, settings)
+
+
+def reopen_descendants(st: ModuleState) -> None:
+    """The engine of `st` no longer covers its descendants (it was dropped): they are discovered again under it
+    (caller holds LOCK; `give_up` then activates the children)."""
+    for d in st.descendants():
+        if d.status == "detached":
+            d.set_status("pending")
+            d.reason = None
 
 
 def detach_descendants(st: ModuleState) -> None:

@@ -61,15 +61,22 @@ class TuneJob:
         return self.samples[0]
 
     def time(self, fn: Callable[..., Any]) -> float:
+        """Latency of `fn` on the timing sample. A call that changes its inputs (a cache it appends to) gets a fresh
+        copy of them each time, outside the measured window, so every run does the work the recorded call did."""
         s = self.timing_sample()
-        args, kwargs = _tree.clone((s.args, s.kwargs))
-        return measure_latency_ms(fn, args, kwargs, self.device, warmup=self.warmup, iterations=self.iterations,
+        once = _tree.clone((s.args, s.kwargs))
+
+        def fresh() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            # Nothing to refresh when the call leaves its inputs as they were.
+            return _tree.clone((s.args, s.kwargs)) if s.inputs_after is not None else once
+
+        return measure_latency_ms(fn, fresh, self.device, warmup=self.warmup, iterations=self.iterations,
                                   max_seconds=self.max_seconds)
 
     def eager_latency_ms(self) -> float:
         if self._eager_ms is None:
             module = self.module
-            self._eager_ms = self.time(lambda *a, **k: torch.nn.Module._wrapped_call_impl(module, *a, **k))
+            self._eager_ms = self.time(lambda *a, **k: module.forward(*a, **k))
         return self._eager_ms
 
 
@@ -172,21 +179,8 @@ def check(job: TuneJob, backend: Backend, engine: Engine, *, build_s: float | No
     desc = backend.describe()
     result = CandidateResult(desc, ok=False, build_s=build_s, engine=engine, backend_obj=backend)
     try:
-        worst = 0.0
-        compute_dtype = getattr(engine, "compute_dtype", None)
-        for i, sample in enumerate(job.samples):
-            args, kwargs = _tree.clone((sample.args, sample.kwargs))
-            out = engine(*args, **kwargs)
-            verdict = compare_outputs(sample.outputs, out, job.tolerances, compute_dtype)
-            if not verdict.ok:
-                result.error = f"sample {i}: {verdict.reason}"
-                break
-            expected_inputs = sample.inputs_after or (sample.args, sample.kwargs)
-            if not same_values(expected_inputs, (args, kwargs)):
-                result.error = f"sample {i}: changes its inputs in place differently from eager"
-                break
-            worst = max(worst, verdict.max_abs_error)
-        else:
+        result.error, worst = _check_samples(job, engine)
+        if result.error is None:
             result.max_abs_error = worst
             if measure:
                 result.latency_ms = job.time(engine)
@@ -207,6 +201,77 @@ def check(job: TuneJob, backend: Backend, engine: Engine, *, build_s: float | No
             result.engine.release()
             result.engine = None
     return result
+
+
+def _check_samples(job: TuneJob, engine: Engine) -> tuple[str | None, float]:
+    """(what is wrong, or None; the worst absolute error) of `engine` on every sample, each run on its own copy.
+
+    Every result is checked again once all samples ran: an engine whose outputs (or the objects it filled, such as
+    a cache) live in memory a later run overwrites, as CUDA-graph memory does, fails there. A call that needs
+    autograd must give the same gradients as eager."""
+    compute_dtype = getattr(engine, "compute_dtype", None)
+    worst = 0.0
+    kept = []
+    for i, sample in enumerate(job.samples):
+        args, kwargs = _tree.clone((sample.args, sample.kwargs))
+        out = engine(*args, **kwargs)
+        error, err = _compare_sample(job, sample, out, (args, kwargs), compute_dtype)
+        if error is not None:
+            return f"sample {i}: {error}", worst
+        worst = max(worst, err)
+        kept.append((i, sample, out, (args, kwargs)))
+    for i, sample, out, inputs in kept:
+        error, _ = _compare_sample(job, sample, out, inputs, compute_dtype)
+        if error is not None:
+            return (f"sample {i}: after the later samples ran: {error} (the engine's results do not survive its "
+                    f"next call)"), worst
+    for i, sample in enumerate(job.samples):
+        if any(t.requires_grad for t in _tree.all_tensors(sample.outputs)):
+            error = _gradients_differ(job, engine, sample, compute_dtype)
+            if error is not None:
+                return f"sample {i}: {error}", worst
+    return None, worst
+
+
+def _compare_sample(job: TuneJob, sample: Sample, out: Any, inputs: Any,
+                    compute_dtype: torch.dtype | None) -> tuple[str | None, float]:
+    verdict = compare_outputs(sample.outputs, out, job.tolerances, compute_dtype)
+    if not verdict.ok:
+        return verdict.reason, 0.0
+    if sample.inputs_after is None:
+        if not same_values((sample.args, sample.kwargs), inputs):
+            return "changes its inputs in place, which eager does not", 0.0
+        return None, verdict.max_abs_error
+    # What eager wrote into its inputs (a cache it filled) is computed too: held to the same tolerances.
+    written = compare_outputs(sample.inputs_after, inputs, job.tolerances, compute_dtype, path="inputs after the call")
+    if not written.ok:
+        return f"changes its inputs in place differently from eager ({written.reason})", 0.0
+    return None, max(verdict.max_abs_error, written.max_abs_error)
+
+
+def _gradients_differ(job: TuneJob, engine: Engine, sample: Sample, compute_dtype: torch.dtype | None) -> str | None:
+    """Backward through eager and through the engine, on copies of the sample: the same gradients?"""
+    module = job.module
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def grads(fn: Callable[..., Any]) -> list[torch.Tensor | None]:
+        args, kwargs = _tree.clone((sample.args, sample.kwargs))
+        leaves = [t for t in _tree.all_tensors((args, kwargs)) if t.requires_grad] + params
+        with torch.enable_grad():
+            outs = [t for t in _tree.all_tensors(fn(*args, **kwargs)) if t.requires_grad]
+            total = sum((t.float().sum() for t in outs), torch.zeros((), device=job.device))
+            found = torch.autograd.grad(total, leaves, allow_unused=True)
+        return [None if g is None else g.detach() for g in found]
+
+    want, got = grads(module.forward), grads(engine)
+    for index, (w, g) in enumerate(zip(want, got)):
+        if (w is None) != (g is None):
+            return f"backward: gradient {index} is {'missing' if g is None else 'present'} unlike eager's"
+        if w is not None and g is not None:
+            verdict = compare_outputs(w, g, job.tolerances, compute_dtype, path=f"gradient {index}")
+            if not verdict.ok:
+                return f"backward: {verdict.reason}"
+    return None
 
 
 class TuneStrategy(abc.ABC):
