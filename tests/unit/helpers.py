@@ -45,6 +45,8 @@ class FakeConfig(BackendConfig):
     error: float = Field(default=0.0, description="added to every output")
     fail_build: bool = False
     fail_run: bool = False
+    new_sizes: bool = Field(default=False, description="claim to serve sizes beyond the checked range")
+    error_above: int | None = Field(default=None, description="add 1.0 to outputs when dim 0 exceeds this")
 
 
 class _FakeEngine(Engine):
@@ -60,6 +62,8 @@ class _FakeEngine(Engine):
         if self.cfg.fail_run:
             raise RuntimeError("engine exploded")
         out = torch.nn.Module._wrapped_call_impl(self.module, *args, **kwargs)
+        if self.cfg.error_above is not None and args[0].shape[0] > self.cfg.error_above:
+            out = out + 1.0
         return out + self.cfg.error if self.cfg.error else out
 
 
@@ -69,6 +73,9 @@ class FakeBackend(Backend):
     config_class = FakeConfig
     calls: ClassVar[list[str]] = []
     builds: ClassVar[list[str]] = []
+
+    def serves_new_sizes(self, device: torch.device) -> bool:
+        return bool(self.config.new_sizes)  # type: ignore[attr-defined]
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:

@@ -70,6 +70,9 @@ class Sample:
     #: Copies of the inputs after the eager call, when eager changed them in place; else None.
     inputs_after: tuple[tuple[Any, ...], dict[str, Any]] | None = None
     nbytes: int = 0
+    #: The call's tensor sizes in the signature's order (`_tree.shapes_of` of the normalized inputs, as calls are
+    #: routed); None where the sample was made otherwise, and then taken from its inputs as given.
+    shapes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass
@@ -109,6 +112,13 @@ class SignatureRecord:
     #: What a recorded call (after the first) changed in the module itself (`_signature._state`); such a
     #: signature stays eager.
     state_change: str | None = None
+    #: Per tensor leaf, the dimensions along which the engine may serve sizes it was not checked on (those that
+    #: varied among its samples, where its backend compiles sizes symbolically); None: only its checked range.
+    open_dims: list[list[int]] | None = None
+    #: New sizes still to be confirmed against eager on live calls before new sizes are served directly.
+    size_checks_left: int = 0
+    #: The tolerances those confirmations compare with.
+    size_tolerances: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -165,13 +175,16 @@ class SignatureRecord:
         mins: list[list[int]] = []
         maxs: list[list[int]] = []
         for sample in samples:
-            for i, t in enumerate(_tree.tensors({"args": sample.args, "kwargs": sample.kwargs})):
+            shapes = sample.shapes
+            if shapes is None:
+                shapes = tuple(tuple(t.shape) for t in _tree.tensors({"args": sample.args, "kwargs": sample.kwargs}))
+            for i, shape in enumerate(shapes):
                 if i == len(mins):
-                    mins.append(list(t.shape))
-                    maxs.append(list(t.shape))
+                    mins.append(list(shape))
+                    maxs.append(list(shape))
                 else:
-                    mins[i] = [min(a, b) for a, b in zip(mins[i], t.shape)]
-                    maxs[i] = [max(a, b) for a, b in zip(maxs[i], t.shape)]
+                    mins[i] = [min(a, b) for a, b in zip(mins[i], shape)]
+                    maxs[i] = [max(a, b) for a, b in zip(maxs[i], shape)]
         self.engine_range = (mins, maxs)
 
     def in_engine_range(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
@@ -181,6 +194,50 @@ class SignatureRecord:
 
     def in_range(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
         return _within(self.min_shapes, self.max_shapes, shapes)
+
+    def open_sizes(self, checks: int, tolerances: dict[str, tuple[float, float]]) -> None:
+        """Let the engine serve new sizes along the dimensions that varied in its range (`open_dims`), after
+        `checks` of them have matched eager on live calls (`_route`)."""
+        if self.engine_range is None:
+            return
+        dims = [[i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
+                for lo, hi in zip(self.engine_range[0], self.engine_range[1])]
+        if not any(dims):
+            return
+        self.open_dims = dims
+        self.size_checks_left = max(0, checks)
+        self.size_tolerances = dict(tolerances)
+
+    def close_sizes(self) -> None:
+        self.open_dims = None
+        self.size_checks_left = 0
+
+    def fits_open_dims(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
+        """Outside the engine's range only along its open dimensions, and there at sizes of 2 or more (the
+        compilers specialise sizes 0 and 1)."""
+        if self.open_dims is None or self.engine_range is None:
+            return False
+        lo_all, hi_all = self.engine_range
+        if len(shapes) != len(lo_all):
+            return False
+        for lo, hi, dims, shape in zip(lo_all, hi_all, self.open_dims, shapes):
+            if len(shape) != len(lo):
+                return False
+            for i, size in enumerate(shape):
+                if lo[i] <= size <= hi[i]:
+                    continue
+                if i not in dims or size < 2:
+                    return False
+        return True
+
+    def widen_engine_range(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        """The engine has served (or been confirmed on) these sizes: make them part of its range."""
+        if self.engine_range is None:
+            return
+        for lo, hi, shape in zip(self.engine_range[0], self.engine_range[1], shapes):
+            for i, size in enumerate(shape):
+                lo[i] = min(lo[i], size)
+                hi[i] = max(hi[i], size)
 
     @property
     def most_common_shapes(self) -> tuple[tuple[int, ...], ...] | None:
@@ -206,7 +263,8 @@ class SignatureRecord:
                 "reason": self.reason, "calls": self.calls,
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
-                "cache": self.cache, "inputs": inputs, "candidates": self.candidates}
+                "cache": self.cache, "inputs": inputs, "candidates": self.candidates,
+                "open_dims": self.open_dims}
 
 
 class SignatureTable:
@@ -253,7 +311,11 @@ def _round(x: float | None) -> float | None:
 
 
 def _within(mins: list[list[int]], maxs: list[list[int]], shapes: tuple[tuple[int, ...], ...]) -> bool:
+    if len(shapes) != len(mins):
+        return False
     for lo, hi, shape in zip(mins, maxs, shapes):
+        if len(shape) != len(lo):
+            return False
         for a, size, b in zip(lo, shape, hi):
             if size < a or size > b:
                 return False

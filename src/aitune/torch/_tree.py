@@ -90,6 +90,16 @@ def all_tensors(obj: Any) -> Iterator[torch.Tensor]:
     yield from walk(obj)
 
 
+def holds_state(obj: Any) -> bool:
+    """Does `obj` hold a state object (see the module docstring) anywhere?"""
+    if isinstance(obj, torch.Tensor):
+        return False
+    kids = children(obj)
+    if kids is None:
+        return state_fields(obj) is not None
+    return any(holds_state(child) for _, child in kids)
+
+
 class Uncopyable(Exception):
     """A call's inputs hold an object that cannot be copied (so aitune cannot run the call on a copy)."""
 

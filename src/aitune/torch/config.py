@@ -86,7 +86,8 @@ class GlobalConfig(TrackedSettings):
         description="An engine that came from a file (the persistent cache or a checkpoint) serves calls only "
                     "after its outputs matched eager on this many live calls of the process (each such call runs "
                     "eagerly and the engine on copies of its inputs, and returns eager's result); 0 trusts the "
-                    "check on stored samples alone.")
+                    "check on stored samples alone. The same number of calls at new sizes is confirmed so before an "
+                    "engine that compiles sizes symbolically serves sizes it was not tuned on.")
     archive_max_members: int = Field(
         default=10_000, ge=1, description="A checkpoint or engine archive with more members is refused unopened.")
     archive_max_member_bytes: int = Field(

@@ -66,6 +66,7 @@ from aitune.torch._samples import Sample, SignatureRecord, first_device, signatu
 from aitune.torch._settings._sources import ensure_settings_loaded
 from aitune.torch._signature._confirm import on_probation
 from aitune.torch._signature._decide import make_job, recorded_inference_mode
+from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._route import OwnWork, drop_engine
 from aitune.torch.backend import create_backend
 from aitune.torch.config import config as global_config
@@ -226,8 +227,9 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
         try:
             for entry in manifest.modules:
                 for sig_entry in entry.signatures:
-                    loaded.append(_load_signature(source, unpacked, entry, sig_entry, wrappers[entry.name],
-                                                  trust_native_code))
+                    with libraries_quiet():
+                        loaded.append(_load_signature(source, unpacked, entry, sig_entry, wrappers[entry.name],
+                                                      trust_native_code))
         except BaseException:
             for done in loaded:
                 done.release()
@@ -303,7 +305,7 @@ def _load_signature(source: Path, unpacked: Path, entry: ModuleEntry, sig_entry:
         with OwnWork():
             outputs = _tree.clone(module.forward(*args, **kwargs))
         after = _tree.clone((args, kwargs)) if not same_values(inputs, (args, kwargs)) else None
-        sample = Sample(inputs[0], inputs[1], outputs, after, _tree.nbytes((inputs, outputs)))
+        sample = Sample(inputs[0], inputs[1], outputs, after, _tree.nbytes((inputs, outputs)), _tree.shapes_of(named))
         sig.min_shapes = [list(s) for s in sig_entry.min_shapes]
         sig.max_shapes = [list(s) for s in sig_entry.max_shapes]
         sig.observe(_tree.shapes_of(named))

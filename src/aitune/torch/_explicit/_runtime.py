@@ -41,7 +41,15 @@ from aitune.torch._signature._hooks import (
     own_forward_hooks,
 )
 from aitune.torch._signature._record import record_call, release_samples
-from aitune.torch._signature._route import FAIL_OPEN, GUARD, choose, drop_engine, run_engine, tracing
+from aitune.torch._signature._route import (
+    FAIL_OPEN,
+    GUARD,
+    choose,
+    drop_engine,
+    run_confirming_size,
+    run_engine,
+    tracing,
+)
 from aitune.torch.tune_strategy._base import CandidateResult, TuneStrategy
 
 logger = logging.getLogger(__name__)
@@ -222,9 +230,11 @@ class ModuleRuntime:
             if sig.engine is None:  # dropped: it failed, or failed its live confirmation
                 self.settle()
             return out
+        if route == "confirm_size":
+            return run_confirming_size(sig, shapes, args, kwargs, eager, name=self.name, strict=strict)
         if route == "record":
             settings = _settings()
-            return record_call(sig, args, kwargs, eager, name=self.name, module=self.module,
+            return record_call(sig, args, kwargs, eager, name=self.name, module=self.module, shapes=shapes,
                                max_samples=int(settings.max_num_samples_stored),
                                max_bytes=int(settings.max_samples_bytes),
                                fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))

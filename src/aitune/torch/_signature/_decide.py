@@ -22,6 +22,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device
+from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._reuse import decide_with_cache
 from aitune.torch._signature._route import OwnWork
@@ -116,7 +117,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     reference = None
     try:
         device = first_device(samples)
-        chosen = restrict(plan(device), module, sig, samples)
+        chosen = restrict(plan(device), module, sig, samples, label)
         if not chosen.backends and chosen.why_none:
             outcome = TuneOutcome(None, [], None, chosen.why_none)
         else:
@@ -125,7 +126,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
             logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", label, device, len(samples), shapes,
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
-            with OwnWork():
+            with OwnWork(), libraries_quiet():
                 outcome = run(job, chosen.strategy, store)
                 reference = job.timing_sample() if outcome.winner is not None else None
     except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)
@@ -135,16 +136,27 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     return decision
 
 
-def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> Plan:
+def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample], name: str) -> Plan:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
+    - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
     - a call that needs autograd (grad enabled, and an input or a parameter requires grad) only by backends
       whose engines carry it (`Backend.supports_autograd`).
     """
     if sig.state_change is not None:
         return Plan(plan.strategy, [], f"its forward changes the module's own state ({sig.state_change}), which an "
                                        "engine would not reproduce")
+    device = first_device(samples)
+    if any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
+        # A cache object passed in (a transformers DynamicCache or StaticCache): a CUDA graph captured on aitune's
+        # copy of it would keep that copy's memory, or leave graph-owned memory in the caller's object.
+        graphs = [b for b in plan.backends if b.uses_cuda_graphs(device)]
+        if graphs:
+            why = "its inputs hold an object with tensors (a cache), on which a CUDA graph cannot be captured safely"
+            logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in graphs), why)
+            kept = [b for b in plan.backends if b not in graphs]
+            plan = Plan(plan.strategy, kept, plan.why_none if kept else why)
     if not needs_autograd(module, sig, samples):
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
@@ -176,6 +188,11 @@ def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], 
         sig.freeze_engine_range(samples)
         sig.reference = reference
         sig.install_engine(winner, outcome.eager_latency_ms)
+        backend = winner.backend_obj
+        if backend is not None and backend.serves_new_sizes(first_device(samples)):
+            from aitune.torch.config import config as global_config
+
+            sig.open_sizes(int(global_config.confirm_calls), dict(global_config.tolerances))
         release_samples(sig)
         eager, tuned = outcome.eager_latency_ms, winner.latency_ms
         speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""

@@ -97,7 +97,8 @@ def _bumping(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return original(self, *args, **kwargs)
         finally:
-            HOOKS.value += 1
+            if not torch.compiler.is_compiling():  # inside a compiled region the read would become a guard
+                HOOKS.value += 1
 
     wrapper.__name__ = original.__name__
     wrapper.__qualname__ = original.__qualname__

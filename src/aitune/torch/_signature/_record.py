@@ -69,12 +69,14 @@ def release_samples(sig: SignatureRecord) -> None:
 
 def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, Any], eager: Callable[[], Any], *,
                 name: str, module: torch.nn.Module, max_samples: int, max_bytes: int,
-                fail_open: Callable[[str, BaseException], None]) -> Any:
+                fail_open: Callable[[str, BaseException], None],
+                shapes: tuple[tuple[int, ...], ...] | None = None) -> Any:
     """Run the call (`eager()`) and keep a sample of it when `sig` has fewer than `max_samples` and the budget
     has room: copies of its inputs (state objects such as a cache included, so that nothing aitune runs later
     reaches the caller's objects), of its outputs, and of its inputs after the call when it changed them. What the
     call changed in `module` itself is noted on the signature (`_signature._state`). Failures of the copying go to
-    `fail_open` (which raises in strict mode); the call's result is returned either way."""
+    `fail_open` (which raises in strict mode); the call's result is returned either way. `shapes` are the call's
+    tensor sizes in the signature's order (`SignatureTable.lookup`), kept with the sample for its engine range."""
     inputs = None
     before = None
     try:
@@ -106,7 +108,7 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
         with sig.lock:
             keep = sig.status == "recording" and len(sig.samples) < max_samples
             if keep:
-                sig.samples.append(Sample(inputs[0], inputs[1], outputs, after, size))
+                sig.samples.append(Sample(inputs[0], inputs[1], outputs, after, size, shapes))
         if not keep:
             BUDGET.give_back(size)
     except AITuneError:

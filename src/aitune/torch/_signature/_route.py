@@ -4,6 +4,12 @@ Routing: a call whose signature is tuned and whose shapes lie in its engine's ra
 signature still recording is recorded; everything else runs eagerly (`choose`). `run_engine` runs the engine and,
 when it fails, drops it and runs the call eagerly instead (the caller's result is never lost).
 
+New sizes: an engine whose backend compiles sizes symbolically (`Backend.serves_new_sizes`) may serve sizes
+outside its checked range along the dimensions that varied in it (a sequence growing token by token). The first
+few such calls are confirmed (`run_confirming_size`): eager serves the call and the engine runs on copies of its
+inputs; a match widens the range, a mismatch closes the engine to new sizes. Once enough have matched, new sizes
+along those dimensions go straight to the engine.
+
 The fail-open policy (`FAIL_OPEN`): a failure of aitune's own logic never breaks the user's call. It logs one
 warning per place and error type, naming the setting that makes it raise (`AITUNE_STRICT=1`), and the call runs
 eagerly; in strict mode the error is raised. Exceptions raised by the user's own forward are never caught.
@@ -22,12 +28,14 @@ from typing import Any, Literal
 
 import torch
 
+from aitune.torch import _tree
+from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
-from aitune.torch._signature._confirm import EngineRejected
+from aitune.torch._signature._confirm import EngineRejected, LiveCheck
 
 logger = logging.getLogger(__name__)
 
-Route = Literal["engine", "record", "eager"]
+Route = Literal["engine", "record", "eager", "confirm_size"]
 
 
 class Guard(threading.local):
@@ -100,6 +108,12 @@ def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str)
     if status == "tuned":
         if sig.engine is not None and sig.in_engine_range(shapes):
             return "engine"
+        if sig.engine is not None and sig.fits_open_dims(shapes) and not isinstance(sig.engine, LiveCheck):
+            if sig.size_checks_left > 0:
+                return "confirm_size"
+            with sig.lock:
+                sig.widen_engine_range(shapes)
+            return "engine"
         sig.count_out_of_range(name)
         return "eager"
     return "record" if status == "recording" else "eager"
@@ -144,3 +158,54 @@ def run_engine(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, An
                 sig.status = "eager"
                 sig.reason = f"engine failed at run time: {type(e).__name__}: {e}"[:300]
     return eager()
+
+
+def run_confirming_size(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], args: tuple[Any, ...],
+                        kwargs: dict[str, Any], eager: Callable[[], Any], *, name: str, strict: bool) -> Any:
+    """A call at a size the engine has not been checked on (see the module docstring): eager serves it, the engine
+    runs on copies of its inputs, and the outcome opens or closes the engine to new sizes."""
+    engine = sig.engine
+    try:
+        copies = _tree.clone((args, kwargs))
+    except Exception:  # inputs aitune cannot copy: no confirmation possible, the engine keeps its checked range
+        logger.debug("%s: cannot copy the inputs to confirm a new size", name, exc_info=True)
+        sig.close_sizes()
+        return eager()
+    out = eager()
+    why = None
+    try:
+        with OwnWork():
+            got = engine(*copies[0], **copies[1])
+        tolerances = sig.size_tolerances or {}
+        dtype = getattr(engine, "compute_dtype", None)
+        verdict = compare_outputs(out, got, tolerances, dtype)
+        if not verdict.ok:
+            why = f"its outputs differ from eager ({verdict.reason})"
+        else:
+            written = compare_outputs((args, kwargs), copies, tolerances, dtype, path="inputs after the call")
+            if not written.ok:
+                why = f"it changes its inputs differently from eager ({written.reason})"
+    except Exception as e:  # the engine cannot take this size: it keeps serving the range it was checked on
+        if strict:
+            raise
+        why = f"it failed ({type(e).__name__}: {str(e)[:200]})"
+    with sig.lock:
+        if sig.engine is not engine:
+            return out
+        if why is not None:
+            sig.close_sizes()
+            logger.info("%s: the %s engine serves only the sizes it was tuned on: at new sizes %s", name,
+                        sig.backend_description or "", why)
+            return out
+        sig.widen_engine_range(shapes)
+        sig.size_checks_left -= 1
+        if sig.size_checks_left == 0:
+            logger.info("%s: the %s engine matched eager at new sizes; it serves new sizes along %s from now on",
+                        name, sig.backend_description or "", _describe_dims(sig))
+    return out
+
+
+def _describe_dims(sig: SignatureRecord) -> str:
+    parts = [f"{desc['name']} dim {', '.join(map(str, dims))}"
+             for desc, dims in zip(sig.description, sig.open_dims or []) if dims]
+    return "; ".join(parts) or "no dimension"

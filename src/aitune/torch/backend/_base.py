@@ -98,6 +98,16 @@ class Backend(abc.ABC):
             return f"{self.name} does not support device type {device.type!r} (supports {', '.join(self.device_types)})"
         return None
 
+    def serves_new_sizes(self, device: torch.device) -> bool:
+        """True when its engines compile sizes symbolically, so they can serve sizes beyond those they were built
+        and checked on along dimensions that varied (after live confirmation, `_signature._route`). False for
+        engines with fixed profiles (TensorRT) or one CUDA graph per size."""
+        return False
+
+    def uses_cuda_graphs(self, device: torch.device) -> bool:
+        """True when its engines replay CUDA graphs on `device` (their outputs live in graph-owned memory)."""
+        return False
+
     def engine_settings(self) -> dict[str, Any]:
         """The settings that change a built engine (used in cache keys and the report)."""
         return self.config.model_dump(mode="json")

@@ -36,6 +36,9 @@ class TorchEagerBackend(Backend):
     kind = "jit"
     supports_autograd = True
 
+    def serves_new_sizes(self, device: torch.device) -> bool:
+        return True
+
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
         return _EagerEngine(module)

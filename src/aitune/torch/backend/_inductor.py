@@ -116,6 +116,16 @@ class TorchInductorJitBackend(Backend):
 
     config: TorchInductorJitBackendConfig
 
+    def uses_cuda_graphs(self, device: torch.device) -> bool:
+        cfg = self.config
+        return device.type == "cuda" and (
+            cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
+
+    def serves_new_sizes(self, device: torch.device) -> bool:
+        # Dynamo compiles a dimension symbolically once it has seen it vary (every sample runs in the build); with
+        # CUDA graphs each new size would record (and keep) one more graph.
+        return self.config.dynamic is not False and not self.uses_cuda_graphs(device)
+
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
         cfg = self.config
@@ -128,8 +138,6 @@ class TorchInductorJitBackend(Backend):
         # never re-enters the patched __call__ of this module.
         compiled = torch.compile(entry_point(module), **kwargs)
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
-        uses_cudagraphs = device.type == "cuda" and (
-            cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
-        engine = CompiledEngine(module, compiled, copy_outputs=uses_cudagraphs, autocast=autocast,
+        engine = CompiledEngine(module, compiled, copy_outputs=self.uses_cuda_graphs(device), autocast=autocast,
                                  compute_dtype=compute_dtype)
         return compile_on_samples(engine, samples)

@@ -438,6 +438,9 @@ class TensorRTBackend(Backend):
         loaded.compute_dtype = self.compute_dtype()
         return loaded
 
+    def uses_cuda_graphs(self, device: torch.device) -> bool:
+        return bool(self.config.use_cuda_graphs)
+
     def compute_dtype(self) -> torch.dtype | None:
         """The reduced precision the quantization step computes in: outputs are checked against eager with the
         looser of its tolerance and the output dtype's (int8/fp8 recipes are checked at their high-precision

@@ -56,6 +56,16 @@ def _bump(*_: Any, **__: Any) -> None:
     _EPOCH.value += 1
 
 
+def _bump_registered(module: torch.nn.Module, *_: Any) -> None:
+    """A parameter, buffer or submodule was registered on `module`: only one aitune tracks can hold stale weights
+    (models build throwaway containers in their forward, e.g. `self.layers[:n]` makes a new ModuleList). Never
+    inside a compiled region, where reading the epoch would become a guard that fails on every call."""
+    if is_dynamo_compiling():
+        return
+    if _states_get(id(module)) is not None:
+        _EPOCH.value += 1
+
+
 def _bumping(original: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -92,9 +102,9 @@ def install(handler: Handler) -> bool:
             setattr(Module, name, _bumping(original))
         from torch.nn.modules import module as module_mod
 
-        _handles.append(module_mod.register_module_parameter_registration_hook(_bump))
-        _handles.append(module_mod.register_module_buffer_registration_hook(_bump))
-        _handles.append(module_mod.register_module_module_registration_hook(_bump))
+        _handles.append(module_mod.register_module_parameter_registration_hook(_bump_registered))
+        _handles.append(module_mod.register_module_buffer_registration_hook(_bump_registered))
+        _handles.append(module_mod.register_module_module_registration_hook(_bump_registered))
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         _handles.append(register_optimizer_step_post_hook(_bump))

@@ -142,7 +142,7 @@ def at_exit() -> None:
         path = SETTINGS.report
         if path is not None:
             write_report(path)
-        if SETTINGS.summary:
+        if SETTINGS.summary and not SETTINGS.silenced:
             text = summary_table(report)
             if path is not None:
                 text += f"\n  report: {path}"

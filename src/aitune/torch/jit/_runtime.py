@@ -20,7 +20,15 @@ from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
 from aitune.torch._signature._record import record_call, release_samples
-from aitune.torch._signature._route import FAIL_OPEN, GUARD, choose, drop_engine, run_engine, tracing
+from aitune.torch._signature._route import (
+    FAIL_OPEN,
+    GUARD,
+    choose,
+    drop_engine,
+    run_confirming_size,
+    run_engine,
+    tracing,
+)
 from aitune.torch.jit import _tracker
 from aitune.torch.jit._tracker import EPOCH, LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS
@@ -94,10 +102,12 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
 
         if route == "engine":
             return run_engine(sig, args, kwargs, eager, name=st.name, strict=SETTINGS.strict)
+        if route == "confirm_size":
+            return run_confirming_size(sig, shapes, args, kwargs, eager, name=st.name, strict=SETTINGS.strict)
         if route == "eager":
             return eager()
         strict = SETTINGS.strict
-        out = record_call(sig, args, kwargs, eager, name=st.name, module=module,
+        out = record_call(sig, args, kwargs, eager, name=st.name, module=module, shapes=shapes,
                           max_samples=SETTINGS.max_num_samples_stored,
                           max_bytes=SETTINGS.max_samples_bytes,
                           fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))

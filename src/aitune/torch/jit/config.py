@@ -329,6 +329,11 @@ class _View:
         return bool(config.progress)
 
     @property
+    def silenced(self) -> bool:
+        """`log_level` OFF and `summary` left at its default: aitune prints nothing at all."""
+        return str(config.log_level).upper() == "OFF" and config.setting_sources().get("summary") == "default"
+
+    @property
     def max_num_samples_stored(self) -> int:
         return int(global_config.max_num_samples_stored)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 import threading
 import time
 import traceback
@@ -142,8 +143,12 @@ class _Heartbeat:
         self._stop.set()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _error_text(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
+    """The first line of an error, without the terminal colours some exporters put in their messages."""
+    text = _ANSI.sub("", f"{type(e).__name__}: {e}").strip()
     first = text.splitlines()[0] if text else type(e).__name__
     return first[:500]
 

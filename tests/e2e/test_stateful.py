@@ -1,0 +1,89 @@
+"""End-to-end: unchanged scripts whose models carry state (hooks, autograd, arguments and modules the forward
+changes, caches of LLM generation, training mode), plain vs under the hook. Nothing may fail or differ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.e2e.harness import ScriptRun, assert_results_close
+
+PlainRun = Callable[[str], ScriptRun]
+HookedRun = Callable[..., ScriptRun]
+FORCE = {"AITUNE_MIN_SPEEDUP": "1e-6"}  # CPU timings of tiny models are noise: tune whatever is correct
+
+
+@pytest.mark.parametrize("backends", ["TorchInductorJitBackend", "ONNXRuntimeBackend", "TorchEagerBackend"])
+def test_hooks_run_exactly_as_often_and_with_the_same_effect(plain_run: PlainRun, hooked_run: HookedRun,
+                                                             backends: str) -> None:
+    plain = plain_run("hooks")
+    hooked = hooked_run("hooks", AITUNE_JIT_BACKENDS=backends, **FORCE).check()
+    assert_results_close(hooked, plain)
+    assert hooked.results is not None and plain.results is not None
+    assert hooked.results["counts"] == plain.results["counts"] == {"pre": 12, "post": 12, "late": 4, "child": 4}
+    tuned = [m for m in hooked.report["modules"] if m["state"] == "tuned"] if hooked.report else []
+    assert tuned, f"something should have been tuned\n{hooked.describe()}"
+    # The model itself was tuned first; once a submodule got a hook its engine was given up for its children.
+    net = hooked.module("Net")
+    assert "submodule a has hooks" in (net["reason"] or ""), net
+
+
+def test_grad_enabled_calls_keep_autograd(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    plain = plain_run("grad")
+    hooked = hooked_run("grad", **FORCE).check()
+    assert_results_close(hooked, plain, exact=tuple(f"requires_grad_{i}" for i in range(6)))
+    entry = hooked.module("Sequential")
+    # Only a backend whose engines carry autograd may serve these calls (ONNX Runtime cannot).
+    assert entry["backend"] in (None, "TorchInductorJitBackend"), entry
+    assert all(c["backend"] != "ONNXRuntimeBackend" for c in entry["candidates"]), entry["candidates"]
+
+
+def test_grad_enabled_calls_that_no_engine_can_serve_say_why(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    hooked = hooked_run("grad", AITUNE_JIT_BACKENDS="ONNXRuntimeBackend", **FORCE).check()
+    assert_results_close(hooked, plain_run("grad"), exact=tuple(f"requires_grad_{i}" for i in range(6)))
+    reason = hooked.module("Sequential")["reason"] or ""
+    assert "need autograd" in reason and "torch.no_grad()" in reason, hooked.describe()
+
+
+def test_forwards_that_change_arguments_and_modules(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    plain = plain_run("mutating")
+    hooked = hooked_run("mutating", **FORCE).check()
+    assert_results_close(hooked, plain, exact=("cache_len", "calls"))
+
+
+@pytest.mark.slow
+def test_generation_gives_the_same_tokens(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    """GPT-2 and Llama `generate()`, greedy, dynamic and static caches: token ids bit-identical."""
+    plain = plain_run("generate")
+    hooked = hooked_run("generate", **FORCE).check()
+    assert plain.results is not None
+    assert_results_close(hooked, plain, exact=tuple(plain.results))
+    assert "Traceback" not in hooked.stderr
+    assert hooked.module("GPT2LMHeadModel")["state"] == "tuned", hooked.describe()
+
+
+def test_training_mode_says_why_nothing_is_tuned(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    hooked = hooked_run("training_mode", **FORCE).check()
+    assert_results_close(hooked, plain_run("training_mode"))
+    line = "Sequential is in training mode: aitune tunes eval-mode calls; call model.eval() for inference"
+    assert hooked.stderr.count(line) >= 2, hooked.stderr  # once in the log, once in the summary
+    entry = hooked.module("Sequential")
+    assert entry["reason"] == line and entry["state"] == "recording", entry
+
+
+@pytest.mark.parametrize("script", ["cnn", "generate"])
+def test_log_level_off_prints_nothing(plain_run: PlainRun, hooked_run: HookedRun, script: str) -> None:
+    """Neither aitune nor the libraries it drives (ONNX exporter notices, Dynamo recompile warnings from its own
+    candidate runs) print anything; whatever the script itself prints is the same as in the plain run."""
+    plain = plain_run(script)
+    hooked = hooked_run(script, AITUNE_JIT_LOG_LEVEL="OFF", **FORCE).check()
+    assert_results_close(hooked, plain, exact=tuple(plain.results or ()) if script == "generate" else ())
+    assert hooked.stderr == plain.stderr, f"--- hooked ---\n{hooked.stderr[-3000:]}\n--- plain ---\n{plain.stderr}"
+    assert hooked.report is not None and any(m["state"] == "tuned" for m in hooked.report["modules"])
+
+
+def test_at_info_library_notices_are_not_printed_raw(hooked_run: HookedRun) -> None:
+    hooked = hooked_run("cnn", AITUNE_JIT_BACKENDS="ONNXRuntimeBackend", **FORCE).check()
+    assert "torchvision is not installed" not in hooked.stderr, hooked.stderr
+    assert "[aitune] Net: tuned with ONNXRuntimeBackend" in hooked.stderr
