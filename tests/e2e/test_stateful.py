@@ -63,6 +63,22 @@ def test_generation_gives_the_same_tokens(plain_run: PlainRun, hooked_run: Hooke
     assert hooked.module("GPT2LMHeadModel")["state"] == "tuned", hooked.describe()
 
 
+def test_a_growing_sequence_is_served_beyond_the_lengths_it_was_tuned_on(plain_run: PlainRun,
+                                                                          hooked_run: HookedRun) -> None:
+    """Lengths 6, 7, ... 45: tuned on the first three, confirmed on the next three, then served at every new
+    length, with outputs as eager's."""
+    plain = plain_run("growing")
+    hooked = hooked_run("growing", AITUNE_JIT_BACKENDS="TorchInductorJitBackend", AITUNE_JIT_LOG_LEVEL="INFO",
+                        **FORCE).check()
+    assert_results_close(hooked, plain)
+    entry = hooked.module("Decoder")
+    assert entry["state"] == "tuned", hooked.describe()
+    sig = entry["signatures"][0]
+    assert sig["out_of_range_calls"] == 0 and sig["engine_calls"] >= 34, sig
+    assert sig["inputs"][0]["engine_max_shape"] == [1, 45], sig["inputs"]
+    assert "serves new sizes along" in hooked.stderr and "recompile" not in hooked.stderr.lower(), hooked.stderr
+
+
 def test_training_mode_says_why_nothing_is_tuned(plain_run: PlainRun, hooked_run: HookedRun) -> None:
     hooked = hooked_run("training_mode", **FORCE).check()
     assert_results_close(hooked, plain_run("training_mode"))

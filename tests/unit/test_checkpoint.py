@@ -732,6 +732,25 @@ def test_a_good_engine_serves_alone_after_its_live_confirmation(saved: tuple[tor
     assert "matched eager on 3 live call(s)" in caplog.text
 
 
+def test_hooks_run_once_per_call_while_an_engine_is_confirmed(saved: tuple[torch.nn.Module, Path], ckpt: Path,
+                                                              target: Any) -> None:
+    from aitune.torch._signature._confirm import LiveCheck
+
+    net, _ = saved
+    ait.load(target, ckpt)
+    sig = only_sig(target)
+    assert isinstance(sig.engine, LiveCheck)
+    seen: list[str] = []
+    target.register_forward_pre_hook(lambda m, a: seen.append("pre"))
+    target.register_forward_hook(lambda m, a, out: out * 2)
+    calls = global_config.confirm_calls + 2  # on probation, then served alone
+    with torch.no_grad():
+        for _ in range(calls):
+            x = torch.randn(8, 16)
+            torch.testing.assert_close(target(x), net(x) * 2, **TOL)
+    assert seen == ["pre"] * calls and not isinstance(sig.engine, LiveCheck)
+
+
 def test_onnx_external_data_outside_the_model_is_never_read(saved: tuple[torch.nn.Module, Path], ckpt: Path,
                                                            target: Any, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:

@@ -11,6 +11,7 @@ that found the problem still returns the right result and runs the module only o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -60,10 +61,18 @@ class LiveCheck(Engine):
         return getattr(self.engine, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.confirm(lambda: self._module(*args, **kwargs), args, kwargs, contextlib.nullcontext)
+
+    def confirm(self, eager: Callable[[], Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                own_work: Callable[[], contextlib.AbstractContextManager[Any]]) -> Any:
+        """One call on probation: `eager()` serves it (as the caller's call would have run: where aitune runs the
+        module's hooks around this call, the forward alone, so they run once), the engine runs on copies of its
+        inputs inside `own_work()` (aitune's own-work guard)."""
         copies = _tree.clone((args, kwargs))
-        out = self._module(*args, **kwargs)
+        out = eager()
         try:
-            got = self.engine(*copies[0], **copies[1])
+            with own_work():
+                got = self.engine(*copies[0], **copies[1])
         except Exception as e:  # an engine on probation that fails is dropped; the call has eager's result
             self._reject(f"it failed on a live call ({type(e).__name__}: {str(e)[:200]})", out)
         verdict = compare_outputs(out, got, self._tolerances, getattr(self.engine, "compute_dtype", None))

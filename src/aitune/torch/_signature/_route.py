@@ -137,6 +137,8 @@ def run_engine(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, An
     the call keeps the eager result the confirmation computed."""
     engine = sig.engine
     try:
+        if isinstance(engine, LiveCheck):
+            return engine.confirm(eager, args, kwargs, OwnWork)
         with OwnWork():
             out = engine(*args, **kwargs)
         sig.engine_calls += 1
