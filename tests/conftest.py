@@ -36,13 +36,14 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     from aitune.torch import cache
     from aitune.torch._signature import _record, _route
     from aitune.torch.backend import _defaults, _inductor_aot
-    from aitune.torch.jit import _hook, _tracker
+    from aitune.torch.jit import _hook, _tracker, _tuner
 
     cache.reset()
     _defaults.reset()
     _inductor_aot.reset()
     _hook.uninstall()
     _tracker.reset()
+    _tuner.reset()
     _route.reset()
     _record.reset()
     from aitune.torch._settings._sources import reset_settings

@@ -398,3 +398,39 @@ def test_collected_module_frees_its_engine_and_stays_in_the_report() -> None:
     entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
     assert entry["state"] == "tuned" and entry["calls"] == 3
     assert _record.BUDGET.used == 0
+
+
+# -- bounded work --------------------------------------------------------------------------------------------------
+
+def test_a_plain_argument_taking_many_values_is_tuned_for_a_few_of_them(fake: None,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    global_config.max_value_signatures = 2
+    enable_jit_tuning()
+    net = Net().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="aitune"):
+        for step in range(6):
+            for _ in range(2):
+                torch.testing.assert_close(net(x, scale=float(step)), eager(net, x, scale=float(step)))
+    sigs = list(state(net).table.records.values())  # type: ignore[union-attr]
+    assert [s.status for s in sigs] == ["tuned", "tuned", "eager", "eager", "eager", "eager"]
+    assert "differ only in plain Python values" in (sigs[2].reason or "")
+    assert caplog.text.count("later values run eagerly") == 1
+    assert FakeBackend.builds.count("Net") == 2
+
+
+def test_past_the_tuning_budget_new_modules_stay_eager_with_one_warning(fake: None,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    jit_config.max_tunings = 1
+    enable_jit_tuning()
+    nets = [Net().eval() for _ in range(3)]
+    x = torch.randn(4, 16)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="aitune"):
+        for net in nets:
+            for _ in range(3):
+                torch.testing.assert_close(net(x), eager(net, x))
+    assert state(nets[0]).report_state() == "tuned"
+    for net in nets[1:]:
+        sig = list(state(net).table.records.values())[0]  # type: ignore[union-attr]
+        assert sig.status == "eager" and "max_tunings=1" in (sig.reason or ""), sig.reason
+    assert caplog.text.count("tuning budget is spent") == 1

@@ -1,18 +1,21 @@
 """Input signatures and recorded samples.
 
 A call's inputs are normalized against forward's parameters (so `m(x)` and `m(input=x)` are one signature),
-then keyed by structure, dtypes, devices, ranks, grad mode and plain values. Sizes are not part of the key:
-each signature learns the range of every dimension from all its calls. A `SignatureTable` holds the signatures
-of one module (JIT mode's tracked module, or an `ait.Module`); a `SignatureRecord` is one of them, with its
-samples, its engine and its `SignatureStatus`.
+then keyed by structure, dtypes, devices, ranks, grad and inference mode, plain values, and the modes that change
+what the same code computes (`call_modes`: autocast per device type with its dtype, deterministic algorithms).
+Sizes are not part of the key: each signature learns the range of every dimension from all its calls. A
+`SignatureTable` holds the signatures of one module (JIT mode's tracked module, or an `ait.Module`); a
+`SignatureRecord` is one of them, with its samples, its engine and its `SignatureStatus`. Signatures that differ
+only in plain values are tuned up to `max_value_signatures` per module; later ones run eagerly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,9 +58,57 @@ class InputNormalizer:
         return tuple(named)
 
 
+#: Device types whose autocast state is part of a signature.
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
+
+#: The modes of a call: ((device type, autocast dtype) for each device type with autocast on, deterministic
+#: algorithms on). Plain values, so that a key can be stored and compared.
+CallModes = tuple[tuple[tuple[str, str], ...], bool]
+
+
+def call_modes() -> CallModes:
+    """The modes under which the same module code computes something else: autocast (per device type, with its
+    dtype) and `torch.use_deterministic_algorithms`. Cheap when autocast is off (one check)."""
+    autocast: tuple[tuple[str, str], ...] = ()
+    if _any_autocast is None or _any_autocast():
+        autocast = tuple((d, str(torch.get_autocast_dtype(d)).removeprefix("torch."))
+                         for d in AUTOCAST_DEVICE_TYPES if torch.is_autocast_enabled(d))
+    return autocast, torch.are_deterministic_algorithms_enabled()
+
+
+def modes_of(key: Any) -> CallModes:
+    """The call modes a signature key was made under (none for keys of an older shape)."""
+    return key[3] if len(key) > 3 else ((), False)
+
+
+@contextlib.contextmanager
+def recorded_modes(modes: CallModes) -> Iterator[None]:
+    """Run aitune's own work for a signature under the modes its calls were made in (`call_modes`)."""
+    autocast, deterministic = modes
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with contextlib.ExitStack() as stack:
+        for device_type, dtype in autocast:
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=getattr(torch, dtype)))
+        if deterministic != before:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            stack.callback(torch.use_deterministic_algorithms, before, warn_only=warn_only)
+        yield
+
+
+def value_blind(key: Any) -> Any:
+    """`key` with the plain values left out (their types kept): keys that differ only in plain values agree."""
+    if isinstance(key, tuple):
+        if len(key) == 3 and key[0] == "V" and isinstance(key[1], type):
+            return ("V", key[1])
+        return tuple(value_blind(part) for part in key)
+    return key
+
+
 def signature_key(named: tuple[tuple[str, Any], ...]) -> Any:
     return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
-            tuple((name, _tree.spec(value)) for name, value in named))
+            tuple((name, _tree.spec(value)) for name, value in named), call_modes())
 
 
 @dataclass
@@ -273,6 +324,8 @@ class SignatureTable:
     def __init__(self, forward: Any) -> None:
         self.normalizer = InputNormalizer(forward)
         self.records: dict[Any, SignatureRecord] = {}
+        #: Signatures made so far per key with plain values left out (`value_blind`).
+        self._value_variants: dict[Any, int] = {}
         #: Calls looked up (recorded, routed, or run eagerly while tracked).
         self.calls = 0
         self._lock = threading.Lock()
@@ -288,6 +341,7 @@ class SignatureTable:
                 sig = self.records.get(key)
                 if sig is None:
                     sig = SignatureRecord.from_call(key, named)
+                    self._limit_values(sig, key, name)
                     self.records[key] = sig
                     if len(self.records) > 1:
                         logger.info("%s: new input signature #%d (grad and inference mode, dtypes, devices, ranks "
@@ -297,6 +351,23 @@ class SignatureTable:
             sig.observe(shapes)
             self.calls += 1
         return sig, shapes
+
+    def _limit_values(self, sig: SignatureRecord, key: Any, name: str) -> None:
+        """Past `max_value_signatures` signatures that differ only in plain values (`model(x, step)` in a loop),
+        a new one runs eagerly instead of being tuned once more (caller holds `_lock`)."""
+        from aitune.torch.config import config as global_config
+
+        blind = value_blind(key)
+        count = self._value_variants.get(blind, 0) + 1
+        self._value_variants[blind] = count
+        limit = int(global_config.max_value_signatures)
+        if count <= limit:
+            return
+        sig.status = "eager"
+        sig.reason = (f"more than {limit} signatures differ only in plain Python values (each value is a signature "
+                      "of its own); later values run eagerly (max_value_signatures)")
+        if count == limit + 1:
+            logger.info("%s: %s", name, sig.reason)
 
     def index_of(self, sig: SignatureRecord) -> int:
         """The order in which `sig` was first called (0 for the first signature)."""

@@ -65,6 +65,10 @@ class GlobalConfig(TrackedSettings):
         json_schema_extra={"accepted": "a byte count >= 0: an integer or a size such as 512MiB or 2GB"})
     strict: bool = Field(
         default=False, description="Re-raise failures from tuning instead of logging them and running eagerly.")
+    max_value_signatures: int = Field(
+        default=4, ge=1,
+        description="Input signatures of one module that differ only in plain Python values (a step counter, a "
+                    "flag) tuned at most; later values run eagerly, with one log line.")
     tolerances: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_TOLERANCES),
         description="Per floating dtype name, the (rtol, atol) a candidate's outputs must meet against eager. "

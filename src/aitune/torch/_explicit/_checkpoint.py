@@ -62,11 +62,20 @@ from aitune.torch._explicit._checkpoint_format import (
 )
 from aitune.torch._explicit._module import Module, find_wrappers, runtime_of
 from aitune.torch._explicit._runtime import ModuleRuntime
-from aitune.torch._samples import Sample, SignatureRecord, first_device, signature_key
+from aitune.torch._samples import (
+    AUTOCAST_DEVICE_TYPES,
+    Sample,
+    SignatureRecord,
+    first_device,
+    modes_of,
+    recorded_modes,
+    signature_key,
+)
 from aitune.torch._settings._sources import ensure_settings_loaded
 from aitune.torch._signature._confirm import on_probation
 from aitune.torch._signature._decide import make_job, recorded_inference_mode
 from aitune.torch._signature._quiet import libraries_quiet
+from aitune.torch._signature._rng import rng_kept
 from aitune.torch._signature._route import OwnWork, drop_engine
 from aitune.torch.backend import create_backend
 from aitune.torch.config import config as global_config
@@ -157,6 +166,7 @@ def _stage_module(i: int, name: str, rt: ModuleRuntime, staging: Path) -> Module
         lo, hi = sig.engine_range if sig.engine_range is not None else (sig.min_shapes, sig.max_shapes)
         entries.append(SignatureEntry(
             grad_enabled=bool(sig.key[0]), inference_mode=bool(sig.key[1]),
+            autocast=list(modes_of(sig.key)[0]), deterministic=modes_of(sig.key)[1],
             inputs_file=str(inputs_file.relative_to(staging).as_posix()), inputs=sig.description,
             min_shapes=sig.min_shapes, max_shapes=sig.max_shapes, engine_min_shapes=lo, engine_max_shapes=hi,
             backend_name=backend.name, backend=backend.describe(), kind=backend.kind,
@@ -227,7 +237,7 @@ def load(model_or_pipeline: Any, path: str | os.PathLike[str], *, trust_native_c
         try:
             for entry in manifest.modules:
                 for sig_entry in entry.signatures:
-                    with libraries_quiet():
+                    with libraries_quiet(), rng_kept():
                         loaded.append(_load_signature(source, unpacked, entry, sig_entry, wrappers[entry.name],
                                                       trust_native_code))
         except BaseException:
@@ -294,7 +304,10 @@ def _load_signature(source: Path, unpacked: Path, entry: ModuleEntry, sig_entry:
     missing = backend.unavailable_reason()
     if missing is not None:
         raise CheckpointError(f"{source}: module {entry.name!r} needs {sig_entry.backend}: {missing}", path=source)
-    with torch.set_grad_enabled(sig_entry.grad_enabled), recorded_inference_mode(sig_entry.inference_mode):
+    modes = (tuple((str(d), str(t)) for d, t in sig_entry.autocast), bool(sig_entry.deterministic))
+    _check_modes(source, entry.name, modes)
+    with torch.set_grad_enabled(sig_entry.grad_enabled), recorded_inference_mode(sig_entry.inference_mode), \
+            recorded_modes(modes):
         named = rt.table.normalizer.normalize(args, kwargs)
         key = signature_key(named)
         sig = SignatureRecord.from_call(key, named)
@@ -404,3 +417,15 @@ def verify(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"modules": [{"name": m.name, "class": m.module_class,
                          "signatures": [s.backend for s in m.signatures]} for m in manifest.modules],
             "libraries": manifest.libraries, "device_model": manifest.device_model}
+
+
+_AUTOCAST_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _check_modes(source: Path, name: str, modes: tuple[tuple[tuple[str, str], ...], bool]) -> None:
+    """The autocast modes a checkpoint names are ones torch has (the file's word is data, not a name to look up
+    freely)."""
+    for device_type, dtype in modes[0]:
+        if device_type not in AUTOCAST_DEVICE_TYPES or dtype not in _AUTOCAST_DTYPES:
+            raise CheckpointError(f"{source}: module {name!r}: unknown autocast mode {device_type}/{dtype}",
+                                  path=source)

@@ -35,6 +35,10 @@ class _Strict(BaseModel):
 class SignatureEntry(_Strict):
     grad_enabled: bool
     inference_mode: bool
+    #: (device type, dtype) for each device type with autocast on when the calls were made; and whether
+    #: deterministic algorithms were on. Absent in files of earlier versions (neither).
+    autocast: list[tuple[str, str]] = []
+    deterministic: bool = False
     inputs_file: str
     inputs: list[dict[str, str]]
     min_shapes: list[list[int]]

@@ -9,4 +9,7 @@ It knows neither front; each front calls it per signature:
   winner, or leave it eager with the reason; strict mode raises.
 - `_reuse`: the persistent cache's part of deciding (key, reuse a stored decision, store a new one).
 - `_confirm`: an engine that came from a file serves alone only after it matched eager on live calls.
+- `_state`, `_hooks`: what a forward changes in its module; the module's hooks run around engines, once a call.
+- `_quiet`, `_rng`: aitune's own work leaves no trace: libraries' notices go to aitune's log, random number
+  generators are restored.
 """

@@ -23,6 +23,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
+from aitune.torch._signature._rng import rng_kept
 from aitune.torch.backend._base import Engine
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class LiveCheck(Engine):
         copies = _tree.clone((args, kwargs))
         out = eager()
         try:
-            with own_work():
+            with own_work(), rng_kept():
                 got = self.engine(*copies[0], **copies[1])
         except Exception as e:  # an engine on probation that fails is dropped; the call has eager's result
             self._reject(f"it failed on a live call ({type(e).__name__}: {str(e)[:200]})", out)

@@ -21,10 +21,11 @@ import torch
 
 from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
-from aitune.torch._samples import Sample, SignatureRecord, first_device
+from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._reuse import decide_with_cache
+from aitune.torch._signature._rng import rng_kept
 from aitune.torch._signature._route import OwnWork
 from aitune.torch.tune_strategy._base import CandidateResult, TuneJob, TuneOutcome, TuneStrategy
 
@@ -49,9 +50,10 @@ def make_job(module: torch.nn.Module, name: str, signature: SignatureRecord, sam
 
 
 def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
-    """The tuning step: the cached decision if there is one, else the strategy's; under the grad and inference
-    modes the signature was recorded in (part of its key)."""
-    with torch.set_grad_enabled(bool(job.signature.key[0])), recorded_inference_mode(bool(job.signature.key[1])):
+    """The tuning step: the cached decision if there is one, else the strategy's; under the grad, inference,
+    autocast and deterministic modes the signature was recorded in (part of its key)."""
+    key = job.signature.key
+    with torch.set_grad_enabled(bool(key[0])), recorded_inference_mode(bool(key[1])), recorded_modes(modes_of(key)):
         return strategy.tune(job) if store is None else decide_with_cache(job, strategy, store)
 
 
@@ -126,7 +128,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
             logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", label, device, len(samples), shapes,
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
-            with OwnWork(), libraries_quiet():
+            with OwnWork(), libraries_quiet(), rng_kept():
                 outcome = run(job, chosen.strategy, store)
                 reference = job.timing_sample() if outcome.winner is not None else None
     except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)

@@ -32,6 +32,7 @@ from aitune.torch import _tree
 from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._confirm import EngineRejected, LiveCheck
+from aitune.torch._signature._rng import rng_kept
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +139,10 @@ def run_engine(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, An
     engine = sig.engine
     try:
         if isinstance(engine, LiveCheck):
-            return engine.confirm(eager, args, kwargs, OwnWork)
-        with OwnWork():
-            out = engine(*args, **kwargs)
+            out = engine.confirm(eager, args, kwargs, OwnWork)
+        else:
+            with OwnWork():
+                out = engine(*args, **kwargs)
         sig.engine_calls += 1
         return out
     except EngineRejected as e:
@@ -176,7 +178,7 @@ def run_confirming_size(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...
     out = eager()
     why = None
     try:
-        with OwnWork():
+        with OwnWork(), rng_kept():
             got = engine(*copies[0], **copies[1])
         tolerances = sig.size_tolerances or {}
         dtype = getattr(engine, "compute_dtype", None)

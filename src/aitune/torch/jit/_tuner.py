@@ -47,6 +47,57 @@ class DecisionListeners:
 LISTENERS = DecisionListeners()
 
 
+class TuningBudget:
+    """The process's tuning so far against `max_tunings` and `max_tuning_seconds`: past either, new signatures
+    stay eager (one log line says so, each signature's reason says why)."""
+
+    def __init__(self) -> None:
+        self.tunings = 0
+        self.seconds = 0.0
+        self._told = False
+
+    def reset(self) -> None:
+        self.tunings, self.seconds, self._told = 0, 0.0, False
+
+    def spent(self) -> str | None:
+        """Why no more tuning may start, or None while the budget lasts."""
+        count, seconds = config.max_tunings, config.max_tuning_seconds
+        if count is not None and self.tunings >= count:
+            return f"the process's tuning budget is spent ({self.tunings} tunings, max_tunings={count})"
+        if seconds is not None and self.seconds >= seconds:
+            return (f"the process's tuning budget is spent ({self.seconds:.0f} s of tuning, "
+                    f"max_tuning_seconds={seconds:g})")
+        return None
+
+    def refuse(self, sig: SignatureRecord, name: str, why: str) -> None:
+        with sig.lock:
+            if sig.status != "recording":
+                return
+            sig.status = "eager"
+            sig.reason = f"{why}; it runs eagerly"
+        if not self._told:
+            self._told = True
+            logger.warning("%s: new modules and signatures run eagerly from now on", why)
+        else:
+            logger.debug("%s: %s", name, sig.reason)
+
+    def spend(self, decision: Decision) -> None:
+        outcome = decision.outcome
+        if outcome is not None and outcome.cache == "hit":
+            return
+        self.tunings += 1
+        self.seconds += decision.seconds
+
+
+
+BUDGET = TuningBudget()
+
+
+def reset() -> None:
+    """Start the tuning budget afresh (for tests)."""
+    BUDGET.reset()
+
+
 def _plan(st: ModuleState, device: torch.device) -> Plan:
     backends = candidates(device, config.backends)
     chosen = config.strategy
@@ -68,10 +119,16 @@ def tune_signature(st: ModuleState, sig: SignatureRecord) -> None:
     module = st.ref()
     if module is None or st.status != "active":
         return
+    spent = BUDGET.spent()
+    if spent is not None:
+        BUDGET.refuse(sig, st.name, spent)
+        LISTENERS.notify()
+        return
     decision = decide(module, sig, lambda device: _plan(st, device), name=st.name,
                       store=cache.configured_store(config), progress=SETTINGS.progress, strict=SETTINGS.strict)
     if decision is None:
         return
+    BUDGET.spend(decision)
     with LOCK:
         st.tune_seconds += decision.seconds
         _after(st, sig, module, decision)

@@ -161,6 +161,14 @@ class JITConfig(TrackedSettings):
                     "outside the cache directory). Unset: ~/.config/aitune/cache-secret (under XDG_CONFIG_HOME "
                     "when that is set).",
         json_schema_extra={"accepted": "a file path, or empty for the default"})
+    max_tunings: int | None = Field(
+        default=64, ge=0,
+        description="Tunings (signatures tuned, not counting decisions reused from the cache) per process; past it "
+                    "new signatures stay eager, with one log line. None: no limit.")
+    max_tuning_seconds: float | None = Field(
+        default=1800.0, ge=0,
+        description="Seconds spent tuning per process; past it new signatures stay eager, with one log line. "
+                    "None: no limit.")
     cache_max_bytes: int = Field(
         default=10 << 30, ge=0,
         description="Size budget of the cache's saved engines; least recently used entries are evicted past it.",
