@@ -434,3 +434,31 @@ def test_past_the_tuning_budget_new_modules_stay_eager_with_one_warning(fake: No
         sig = list(state(net).table.records.values())[0]  # type: ignore[union-attr]
         assert sig.status == "eager" and "max_tunings=1" in (sig.reason or ""), sig.reason
     assert caplog.text.count("tuning budget is spent") == 1
+
+
+class RunningSum(torch.nn.Module):
+    """Updates its own buffer on every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+        self.register_buffer("total", torch.zeros(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.total.add_(x.sum(0))
+        return self.fc(x) + self.total
+
+
+def test_a_condition_that_recurs_is_logged_once_then_counted(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+    enable_jit_tuning()
+    net, twin = RunningSum().eval(), RunningSum().eval()
+    twin.load_state_dict(net.state_dict())
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="aitune"):
+        for _ in range(40):
+            x = torch.randn(4, 16)
+            torch.testing.assert_close(net(x), eager(twin, x))
+    assert caplog.text.count("weights changed in place") <= 2, caplog.text
+    st = state(net)
+    assert st.repeats.get("weights changed in place", 0) >= 10, st.repeats
+    table = _report.summary_table()
+    assert "RunningSum: weights changed in place" in table and "times" in table, table

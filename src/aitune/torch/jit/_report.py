@@ -65,6 +65,7 @@ def _module_entry(st: ModuleState) -> dict[str, Any]:
         "tuning_seconds": round(st.tune_seconds, 3),
         "cache": main.cache if main is not None else None,
         "signatures": [s.to_report() for s in sigs],
+        "repeated": dict(st.repeats),
         "candidates": list(main.candidates) if main is not None else [],
     }
 
@@ -130,6 +131,10 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     for m in modules:
         if m["state"] in ("eager", "failed", "recording") and m["reason"] and m["depth"] == 0:
             lines.append(f"  {m['name']}: {m['reason'][:200]}")
+    for m in modules:
+        for what, times in (m.get("repeated") or {}).items():
+            if times > 1:
+                lines.append(f"  {m['name']}: {what} {times} times (its samples or engine dropped each time)")
     return "\n".join(lines)
 
 

@@ -187,9 +187,14 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
                 continue
             stale_engine = sig.engine is not None and (moved or sig.engine.bakes_weights)
             if stale_engine or (sig.status == "recording" and sig.samples):
-                what = "replaced or moved" if moved else "changed in place"
-                logger.info("%s: weights %s; %s", st.name, what,
-                            "dropping its engine and re-recording" if stale_engine else "re-recording samples")
+                what = "weights replaced or moved" if moved else "weights changed in place"
+                times = st.repeats[what] = st.repeats.get(what, 0) + 1
+                if times == 1:
+                    logger.info("%s: %s; %s", st.name, what,
+                                "dropping its engine and re-recording" if stale_engine else "re-recording samples")
+                elif times == 2:
+                    logger.info("%s: %s again; from now on this is counted in the summary, not logged", st.name,
+                                what)
                 drop_engine(sig)
                 release_samples(sig)
                 sig.status = "recording"

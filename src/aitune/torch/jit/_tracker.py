@@ -50,7 +50,7 @@ class ModuleState:
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "table", "reason", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "__weakref__",
+        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "repeats", "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: ModuleStatus, name: str, qualname: str, depth: int,
@@ -86,6 +86,8 @@ class ModuleState:
         self.hook_epoch = -1
         #: Conditions already logged for this module (one INFO line each: training mode, hooks...).
         self.told: set[str] = set()
+        #: Conditions that recur (weights changed under an engine or samples): how often, for the summary.
+        self.repeats: dict[str, int] = {}
 
     @property
     def signatures(self) -> dict[Any, SignatureRecord]:
