@@ -219,3 +219,48 @@ def test_a_state_change_keeps_the_signature_from_every_engine() -> None:
     assert plan.backends == [] and "changes the module's own state" in (plan.why_none or "")
 
 
+
+
+class WithState(torch.nn.Module):
+    """Returns its own buffer and a view of its input, which callers may edit in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.register_buffer("state", torch.zeros(8))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.fc(x), self.state, x[0]
+
+
+def test_outputs_that_alias_buffers_or_inputs_keep_aliasing_them() -> None:
+    import aitune.torch as ait
+    from aitune.torch._explicit._module import runtime_of
+    from aitune.torch.backend import ONNXRuntimeBackend
+    from aitune.torch.config import config as global_config
+    from aitune.torch.tune_strategy import OneBackendStrategy
+
+    global_config.min_speedup = 1e-6
+    global_config.timing_iterations = 2
+    data = [torch.randn(2, 8) for _ in range(3)]
+    ort = ait.Module(WithState().eval(), "ort", strategy=OneBackendStrategy(ONNXRuntimeBackend()))
+    ait.tune(ort, data)
+    rt = runtime_of(ort)
+    assert rt is not None
+    sig = list(rt.signatures.values())[0]
+    assert sig.status == "eager" and "output.1 is the module's buffer state" in (sig.reason or ""), sig.reason
+
+    net = WithState().eval()
+    jit = ait.Module(net, "jit", strategy=OneBackendStrategy(TorchInductorJitBackend()))
+    ait.tune(jit, data)
+    rt = runtime_of(jit)
+    assert rt is not None
+    sig = list(rt.signatures.values())[0]
+    assert sig.status == "tuned", sig.reason
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        _, state, row = jit(x)
+    assert sig.engine_calls == 1
+    state.add_(1.0)
+    row.fill_(5.0)
+    assert torch.equal(net.state, torch.ones(8)) and torch.equal(x[0], torch.full((8,), 5.0))

@@ -166,6 +166,9 @@ class SignatureRecord:
     #: Per tensor leaf, the dimensions along which the engine may serve sizes it was not checked on (those that
     #: varied among its samples, where its backend compiles sizes symbolically); None: only its checked range.
     open_dims: list[list[int]] | None = None
+    #: What a recorded call's output shares memory with (one of the module's parameters or buffers, or an
+    #: input), e.g. "output.1 is the module's buffer state"; only engines that keep such aliases may serve it.
+    aliases: str | None = None
     #: New sizes still to be confirmed against eager on live calls before new sizes are served directly.
     size_checks_left: int = 0
     #: The tolerances those confirmations compare with.

@@ -142,6 +142,7 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
+    - a call whose output aliases a parameter, buffer or input (`sig.aliases`) only by backends that keep that;
     - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
     - a call that needs autograd (grad enabled, and an input or a parameter requires grad) only by backends
       whose engines carry it (`Backend.supports_autograd`).
@@ -150,15 +151,15 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         return Plan(plan.strategy, [], f"its forward changes the module's own state ({sig.state_change}), which an "
                                        "engine would not reproduce")
     device = first_device(samples)
+    if sig.aliases is not None:
+        plan = _narrowed(plan, lambda b: b.keeps_aliases(device), name,
+                         f"its output shares memory with what the caller may edit through it ({sig.aliases})")
     if any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
         # A cache object passed in (a transformers DynamicCache or StaticCache): a CUDA graph captured on aitune's
         # copy of it would keep that copy's memory, or leave graph-owned memory in the caller's object.
-        graphs = [b for b in plan.backends if b.uses_cuda_graphs(device)]
-        if graphs:
-            why = "its inputs hold an object with tensors (a cache), on which a CUDA graph cannot be captured safely"
-            logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in graphs), why)
-            kept = [b for b in plan.backends if b not in graphs]
-            plan = Plan(plan.strategy, kept, plan.why_none if kept else why)
+        plan = _narrowed(plan, lambda b: not b.uses_cuda_graphs(device), name,
+                         "its inputs hold an object with tensors (a cache), on which a CUDA graph cannot be captured "
+                         "safely")
     if not needs_autograd(module, sig, samples):
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
@@ -168,6 +169,16 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
                                    f"which {dropped} cannot carry; call it under torch.no_grad() or "
                                    f"torch.inference_mode() for inference")
+
+
+def _narrowed(plan: Plan, keep: Callable[[Backend], bool], name: str, why: str) -> Plan:
+    """`plan` without the backends `keep` refuses, named in one INFO line with `why`."""
+    kept = [b for b in plan.backends if keep(b)]
+    if len(kept) == len(plan.backends):
+        return plan
+    dropped = [b for b in plan.backends if b not in kept]
+    logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in dropped), why)
+    return Plan(plan.strategy, kept, plan.why_none if kept else why)
 
 
 def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> bool:

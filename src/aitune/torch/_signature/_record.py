@@ -98,6 +98,8 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
             changed = changes(before, snapshot(module))
             if changed is not None:
                 sig.state_change = changed
+        if sig.aliases is None:
+            sig.aliases = output_aliases(module, (args, kwargs), out)
         outputs = _tree.clone(out)
         mutated = not same_values(inputs, (args, kwargs))
         after = _tree.clone((args, kwargs)) if mutated else None
@@ -116,3 +118,24 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
     except Exception as e:  # outputs that cannot be copied are not recorded; the call's result is returned
         fail_open(f"recording {name}", e)
     return out
+
+
+def output_aliases(module: torch.nn.Module, inputs: tuple[tuple[Any, ...], dict[str, Any]], out: Any) -> str | None:
+    """What the first output tensor that shares memory with the module's parameters or buffers, or with an input,
+    shares it with; None when no output does. A caller may edit such an output in place and expect the module's
+    state (or its own tensor) to change with it."""
+    owned: dict[int, str] = {}
+    for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for pname, t in named:
+            if t.device.type != "meta":
+                owned.setdefault(t.untyped_storage().data_ptr(), f"the module's {kind} {pname}")
+    args, kwargs = inputs
+    for path, leaf in (*_tree.leaf_paths(args, "args"), *_tree.leaf_paths(kwargs)):
+        if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
+            owned.setdefault(leaf.untyped_storage().data_ptr(), f"the input {path}")
+    for path, leaf in _tree.leaf_paths(out, "output"):
+        if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta" and leaf.untyped_storage().nbytes():
+            found = owned.get(leaf.untyped_storage().data_ptr())
+            if found is not None:
+                return f"{path} is {found}"
+    return None

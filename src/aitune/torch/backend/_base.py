@@ -104,6 +104,11 @@ class Backend(abc.ABC):
         engines with fixed profiles (TensorRT) or one CUDA graph per size."""
         return False
 
+    def keeps_aliases(self, device: torch.device) -> bool:
+        """True when its engines return the very tensors (or views of them) that the module returns of its own
+        parameters, buffers or inputs, so a caller's in-place edit of such an output reaches them as in eager."""
+        return False
+
     def uses_cuda_graphs(self, device: torch.device) -> bool:
         """True when its engines replay CUDA graphs on `device` (their outputs live in graph-owned memory)."""
         return False

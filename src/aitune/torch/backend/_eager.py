@@ -39,6 +39,9 @@ class TorchEagerBackend(Backend):
     def serves_new_sizes(self, device: torch.device) -> bool:
         return True
 
+    def keeps_aliases(self, device: torch.device) -> bool:
+        return True
+
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
         return _EagerEngine(module)

@@ -121,6 +121,11 @@ class TorchInductorJitBackend(Backend):
         return device.type == "cuda" and (
             cfg.mode in ("reduce-overhead", "max-autotune") or bool((cfg.options or {}).get("triton.cudagraphs")))
 
+    def keeps_aliases(self, device: torch.device) -> bool:
+        # AOTAutograd hands back outputs that alias graph inputs (parameters, buffers, arguments) as those inputs
+        # or views of them; CUDA-graph engines return copies.
+        return not self.uses_cuda_graphs(device)
+
     def serves_new_sizes(self, device: torch.device) -> bool:
         # Dynamo compiles a dimension symbolically once it has seen it vary (every sample runs in the build); with
         # CUDA graphs each new size would record (and keep) one more graph.
