@@ -34,7 +34,7 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     yield
     from aitune.torch import cache
-    from aitune.torch._signature import _record, _route
+    from aitune.torch._signature import _record, _reuse, _route
     from aitune.torch.backend import _defaults, _inductor_aot
     from aitune.torch.jit import _hook, _tracker, _tuner
 
@@ -46,6 +46,7 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     _tuner.reset()
     _route.reset()
     _record.reset()
+    _reuse.reset()
     from aitune.torch._settings._sources import reset_settings
 
     reset_settings()

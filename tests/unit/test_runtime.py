@@ -462,3 +462,22 @@ def test_a_condition_that_recurs_is_logged_once_then_counted(fake: None, caplog:
     assert st.repeats.get("weights changed in place", 0) >= 10, st.repeats
     table = _report.summary_table()
     assert "RunningSum: weights changed in place" in table and "times" in table, table
+
+
+def test_identical_modules_share_the_decision_and_only_build(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A model built in a loop: the first instance tunes, the next ones build the winner and check it on their
+    own samples (their weights differ), with no timing."""
+    jit_config.backends = [FakeBackend(latency_ms=5.0), FakeBackend()]
+    enable_jit_tuning()
+    x = torch.randn(4, 16)
+    nets = [Net().eval() for _ in range(4)]
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="aitune"):
+        for net in nets:
+            for _ in range(3):
+                torch.testing.assert_close(net(x), eager(net, x))
+    sigs = [list(state(n).table.records.values())[0] for n in nets]  # type: ignore[union-attr]
+    assert [s.status for s in sigs] == ["tuned"] * 4
+    assert [s.cache for s in sigs] == [None, "shared", "shared", "shared"]
+    assert {s.backend_description for s in sigs} == {"FakeBackend"}  # the faster one, without latency
+    assert FakeBackend.builds.count("Net") == 2 + 3, FakeBackend.builds  # two candidates once, then one build each
+    assert caplog.text.count("as chosen for an identical module") == 3

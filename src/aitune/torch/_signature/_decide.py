@@ -24,7 +24,7 @@ from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
-from aitune.torch._signature._reuse import decide_with_cache
+from aitune.torch._signature._reuse import decide_shared
 from aitune.torch._signature._rng import rng_kept
 from aitune.torch._signature._route import OwnWork
 from aitune.torch.tune_strategy._base import CandidateResult, TuneJob, TuneOutcome, TuneStrategy
@@ -54,7 +54,7 @@ def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) 
     autocast and deterministic modes the signature was recorded in (part of its key)."""
     key = job.signature.key
     with torch.set_grad_enabled(bool(key[0])), recorded_inference_mode(bool(key[1])), recorded_modes(modes_of(key)):
-        return strategy.tune(job) if store is None else decide_with_cache(job, strategy, store)
+        return decide_shared(job, strategy, store)
 
 
 def recorded_inference_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -209,7 +209,8 @@ def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], 
         release_samples(sig)
         eager, tuned = outcome.eager_latency_ms, winner.latency_ms
         speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""
-        cached = " (from the cache)" if outcome.cache == "hit" else ""
+        cached = {"hit": " (from the cache)", "shared": " (an identical module's decision)"}.get(
+            outcome.cache or "", "")
         logger.info("%s: tuned with %s%s%s", label, winner.backend, speed, cached)
         return
     error = decision.error

@@ -1,4 +1,11 @@
-"""The persistent cache's part of deciding a signature: the key, reusing a stored decision, storing a new one.
+"""Reusing decisions: the persistent cache's part of deciding a signature (the key, reusing a stored decision,
+storing a new one), and decisions shared by identical modules within one process.
+
+`decide_shared(job, strategy, store)` first asks the process's memory (`SHARED`): a module of the same class and
+structure, with the same signature, candidates and settings, decided already (a model built in a loop, the
+layers of a stack that aitune tunes one by one) hands its decision over, weights aside. Its winner is built for
+this module and checked against this module's own samples (no timing, no other candidate); a mismatch tunes
+afresh. Without such a decision, the persistent cache (if configured), then the strategy decide.
 
 `decide_with_cache(job, strategy, store)` asks the store first. A cached decision is reused only after its engine
 (loaded from disk for AOT backends, rebuilt for JIT ones) matched the eager outputs of this process's own
@@ -13,8 +20,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitune.torch import _fingerprint
@@ -31,21 +41,97 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def decide_with_cache(job: TuneJob, strategy: TuneStrategy, store: EngineStore) -> TuneOutcome:
-    """The stored decision for the job, reused and checked; else the strategy's, stored."""
+@dataclass
+class Remembered:
+    """A decision kept in memory for identical modules (shaped like the cache's `Hit` for `_reuse`)."""
+
+    key: str
+    record: dict[str, Any]
+    engine_dir: Path | None = None
+
+
+class SharedDecisions:
+    """Decisions of this process, by `shared_fields` digest."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, Remembered] = {}
+
+    def get(self, key: str) -> Remembered | None:
+        with self._lock:
+            return self._by_key.get(key)
+
+    def remember(self, key: str, job: TuneJob, outcome: TuneOutcome, backends: Sequence[Backend]) -> None:
+        if not outcome.candidates:
+            return
+        with self._lock:
+            self._by_key[key] = Remembered(key, decision_record(job, outcome, backends))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._by_key.pop(key, None)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_key.clear()
+
+
+SHARED = SharedDecisions()
+
+
+def reset() -> None:
+    """Forget the decisions shared in this process (for tests)."""
+    SHARED.reset()
+
+
+def shared_fields(job: TuneJob, strategy: TuneStrategy) -> dict[str, Any]:
+    """What must agree for a decision to pass from one module to another in this process: the cache's key fields
+    without the weights, the sizes seen and the library versions (the same process)."""
+    fields = key_fields(job, strategy)
+    for name in ("weights", "inputs", "libraries"):
+        fields.pop(name)
+    fields["inputs"] = [dict(d) for d in job.signature.description]
+    return fields
+
+
+def decide_shared(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None) -> TuneOutcome:
+    """The persistent cache's decision (when a cache is configured); else that of an identical module of this
+    process, built and checked here; else the strategy's. A new decision is stored and remembered."""
+    def share_or_tune() -> TuneOutcome:
+        try:
+            key = digest(shared_fields(job, strategy))
+        except Exception as e:  # a module the key cannot describe is decided on its own
+            logger.debug("%s: no shared-decision key (%s: %s)", job.name, type(e).__name__, e)
+            return strategy.tune(job)
+        seen = SHARED.get(key)
+        if seen is not None:
+            reused = _reuse(job, seen, tried_backends(job, strategy), forget=lambda: SHARED.forget(key), shared=True)
+            if reused is not None:
+                return reused
+        outcome = strategy.tune(job)
+        SHARED.remember(key, job, outcome, tried_backends(job, strategy))
+        return outcome
+
+    return share_or_tune() if store is None else decide_with_cache(job, strategy, store, share_or_tune)
+
+
+def decide_with_cache(job: TuneJob, strategy: TuneStrategy, store: EngineStore,
+                      tune: Callable[[], TuneOutcome] | None = None) -> TuneOutcome:
+    """The stored decision for the job, reused and checked; else `tune()`'s (the strategy's by default), stored."""
+    tune = tune or (lambda: strategy.tune(job))
     try:
         fields = key_fields(job, strategy)
         key = digest(fields)
     except Exception as e:  # a module the key cannot describe (an odd extra_repr, say) is tuned without the cache
         logger.info("%s: no cache key (%s: %s); tuning without the cache", job.name, type(e).__name__, e)
-        return strategy.tune(job)
+        return tune()
     hit = _lookup(store, key, job.name)
     if hit is not None:
         reused = _reuse(job, hit, tried_backends(job, strategy), forget=lambda: _forget(store, key))
         if reused is not None:
             return reused
         _forget(store, key)
-    outcome = strategy.tune(job)
+    outcome = tune()
     _store(store, key, fields, job, outcome, tried_backends(job, strategy))
     return outcome
 
@@ -98,21 +184,28 @@ def _forget(store: EngineStore, key: str) -> None:
         logger.debug("removing cache entry %s failed", key, exc_info=True)
 
 
-def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
-           forget: Callable[[], None]) -> TuneOutcome | None:
-    """The cached decision, once its engine matched eager on this process's samples; None to tune again. The
-    engine then serves on probation; `forget` drops the entry if a live call finds it wrong."""
+def _reuse(job: TuneJob, hit: Hit | Remembered, backends: Sequence[Backend],
+           forget: Callable[[], None], *, shared: bool = False) -> TuneOutcome | None:
+    """The cached (or, `shared`, an identical module's) decision, once its engine matched eager on this module's
+    samples; None to tune again. An engine from the cache then serves on probation; `forget` drops the entry if a
+    live call finds it wrong. A shared decision's engine was built for this very module: it serves at once."""
     record = hit.record
     eager_ms = record.get("eager_latency_ms")
+    source = "shared" if shared else "hit"
     if record.get("decision") == "eager":
-        reason = f"{record.get('reason') or 'not tuned'} (cached decision)"
-        logger.info("%s: stays eager, as decided in an earlier run (cache %s)", job.name, hit.key[:12])
-        return TuneOutcome(None, [], eager_ms, reason, cache="hit")
+        if shared:
+            reason = f"{record.get('reason') or 'not tuned'} (as decided for an identical module)"
+            logger.info("%s: stays eager, as decided for an identical module of this run", job.name)
+        else:
+            reason = f"{record.get('reason') or 'not tuned'} (cached decision)"
+            logger.info("%s: stays eager, as decided in an earlier run (cache %s)", job.name, hit.key[:12])
+        return TuneOutcome(None, [], eager_ms, reason, cache=source)
     index = record.get("backend_index")
     if not isinstance(index, int) or not 0 <= index < len(backends) or \
             backends[index].describe() != record.get("backend"):
-        logger.info("%s: the cache entry %s names a backend that is not among the candidates; tuning again",
-                    job.name, hit.key[:12])
+        if not shared:
+            logger.info("%s: the cache entry %s names a backend that is not among the candidates; tuning again",
+                        job.name, hit.key[:12])
         return None
     backend = backends[index]
     start = time.perf_counter()
@@ -125,7 +218,7 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
             engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device,
                                   authenticated=True)
         else:
-            how = "rebuilt (cached decision) in"
+            how = "built (decision of an identical module) in" if shared else "rebuilt (cached decision) in"
             with _in_process_compile():
                 engine = backend.build(job.module, job.signature, job.samples, job.device)
     except Exception as e:  # an entry this environment cannot load (other versions, a bomb) is tuned again
@@ -137,11 +230,15 @@ def _reuse(job: TuneJob, hit: Hit, backends: Sequence[Backend],
         return None
     result = check(job, backend, engine, build_s=time.perf_counter() - start, measure=False, what=how)
     if not result.ok:
-        logger.info("%s: the cached %s engine does not match eager here (%s); tuning again", job.name,
-                    backend.describe(), result.error)
+        logger.info("%s: the %s %s engine does not match eager here (%s); tuning again", job.name,
+                    "shared" if shared else "cached", backend.describe(), result.error)
         return None
     result.latency_ms = record.get("tuned_latency_ms")
     assert result.engine is not None
+    if shared:
+        logger.info("%s: %s, as chosen for an identical module of this run; checked against eager on %d sample(s)",
+                    job.name, backend.describe(), len(job.samples))
+        return TuneOutcome(result, [result], eager_ms, cache="shared")
     result.engine = on_probation(result.engine, job.module, job.signature, job.confirm_calls, job.tolerances,
                                  name=job.name, origin="from the cache", on_reject=forget)
     logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)%s", job.name,
@@ -162,23 +259,32 @@ def _in_process_compile() -> Iterator[None]:
         yield
 
 
-def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome,
-           backends: Sequence[Backend]) -> None:
-    if not outcome.candidates:
-        return  # nothing was tried (no backend): nothing worth remembering
+def decision_record(job: TuneJob, outcome: TuneOutcome, backends: Sequence[Backend]) -> dict[str, Any]:
+    """The decision as plain data: tuned with which candidate (by index and description), or eager and why."""
     winner = outcome.winner
     record: dict[str, Any] = {
-        "module": job.name, "module_class": fields["module_class"], "key_fields": fields,
-        "decision": "tuned" if winner is not None else "eager", "reason": outcome.reason,
+        "module": job.name, "decision": "tuned" if winner is not None else "eager", "reason": outcome.reason,
         "eager_latency_ms": outcome.eager_latency_ms,
         "candidates": [c.to_report() for c in outcome.candidates],
     }
-    save = None
     if winner is not None:
         backend = winner.backend_obj
         record.update(backend=winner.backend, backend_name=backend.name if backend is not None else None,
                       backend_index=_index_of(backends, backend), tuned_latency_ms=winner.latency_ms,
                       kind=backend.kind if backend is not None else None)
+    return record
+
+
+def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, outcome: TuneOutcome,
+           backends: Sequence[Backend]) -> None:
+    if not outcome.candidates:
+        return  # nothing was tried (no backend): nothing worth remembering
+    winner = outcome.winner
+    record = decision_record(job, outcome, backends)
+    record.update(module_class=fields["module_class"], key_fields=fields)
+    save = None
+    if winner is not None:
+        backend = winner.backend_obj
         engine = winner.engine
         if backend is not None and backend.kind == "aot" and engine is not None:
             save = engine.save

@@ -121,7 +121,8 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     rows = [header]
     for m in modules:
         speed = f"{m['speedup']:.2f}x" if m.get("speedup") else "-"
-        tuning = f"{m['tuning_seconds']:.1f}" + (" (cache hit)" if m.get("cache") == "hit" else "")
+        reused = {"hit": " (cache hit)", "shared": " (shared)"}.get(m.get("cache") or "", "")
+        tuning = f"{m['tuning_seconds']:.1f}{reused}"
         rows.append((m["name"], m["state"], m.get("backend_description") or m["backend"] or "-", str(m["calls"]),
                      _fmt_ms(m["eager_latency_ms"]), _fmt_ms(m["tuned_latency_ms"]), speed, tuning))
     widths = [min(max(len(r[i]) for r in rows), 56) for i in range(len(header))]

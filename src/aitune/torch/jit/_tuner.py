@@ -83,8 +83,8 @@ class TuningBudget:
 
     def spend(self, decision: Decision) -> None:
         outcome = decision.outcome
-        if outcome is not None and outcome.cache == "hit":
-            return
+        if outcome is not None and outcome.cache in ("hit", "shared"):
+            return  # reused: a build and a check, not a tuning
         self.tunings += 1
         self.seconds += decision.seconds
 
