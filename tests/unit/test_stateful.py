@@ -264,3 +264,21 @@ def test_outputs_that_alias_buffers_or_inputs_keep_aliasing_them() -> None:
     state.add_(1.0)
     row.fill_(5.0)
     assert torch.equal(net.state, torch.ones(8)) and torch.equal(x[0], torch.full((8,), 5.0))
+
+
+def test_while_several_threads_call_modules_no_backend_that_exports_is_tried() -> None:
+    from aitune.torch._signature._route import CALLERS
+    from aitune.torch.backend import ONNXRuntimeBackend
+
+    block = Block().eval()
+    sig, samples = record(block, [((torch.randn(2, 16),), {}) for _ in range(2)])
+    plan = _decide.Plan(HighestThroughputStrategy(), [ONNXRuntimeBackend(), TorchInductorJitBackend()])
+    CALLERS.note()
+    assert _decide.restrict(plan, block, sig, samples, "block").backends == plan.backends
+    other = threading.Thread(target=CALLERS.note)
+    other.start()
+    other.join()
+    narrowed = _decide.restrict(plan, block, sig, samples, "block")
+    assert [b.name for b in narrowed.backends] == ["TorchInductorJitBackend"]
+    alone = _decide.restrict(_decide.Plan(plan.strategy, [ONNXRuntimeBackend()]), block, sig, samples, "block")
+    assert alone.backends == [] and "several threads call modules" in (alone.why_none or "")

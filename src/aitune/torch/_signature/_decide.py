@@ -26,7 +26,7 @@ from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._reuse import decide_shared
 from aitune.torch._signature._rng import rng_kept
-from aitune.torch._signature._route import OwnWork
+from aitune.torch._signature._route import CALLERS, OwnWork
 from aitune.torch.tune_strategy._base import CandidateResult, TuneJob, TuneOutcome, TuneStrategy
 
 if TYPE_CHECKING:
@@ -151,6 +151,10 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         return Plan(plan.strategy, [], f"its forward changes the module's own state ({sig.state_change}), which an "
                                        "engine would not reproduce")
     device = first_device(samples)
+    if CALLERS.several():
+        plan = _narrowed(plan, lambda b: not b.exports_program(), name,
+                         "several threads call modules, and torch.export (which it builds with) patches torch for "
+                         "the whole process while it traces")
     if sig.aliases is not None:
         plan = _narrowed(plan, lambda b: b.keeps_aliases(device), name,
                          f"its output shares memory with what the caller may edit through it ({sig.aliases})")

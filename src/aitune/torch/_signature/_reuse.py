@@ -31,6 +31,7 @@ from aitune.torch import _fingerprint
 from aitune.torch._archive import Limits, check_engine_dir
 from aitune.torch._errors import CacheError, TuningError
 from aitune.torch._signature._confirm import on_probation
+from aitune.torch._signature._route import CALLERS
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy._base import TuneJob, TuneOutcome, TuneStrategy, check
 
@@ -109,7 +110,8 @@ def decide_shared(job: TuneJob, strategy: TuneStrategy, store: EngineStore | Non
             if reused is not None:
                 return reused
         outcome = strategy.tune(job)
-        SHARED.remember(key, job, outcome, tried_backends(job, strategy))
+        if outcome.winner is not None or not CALLERS.several():
+            SHARED.remember(key, job, outcome, tried_backends(job, strategy))
         return outcome
 
     return share_or_tune() if store is None else decide_with_cache(job, strategy, store, share_or_tune)
@@ -279,6 +281,10 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
            backends: Sequence[Backend]) -> None:
     if not outcome.candidates:
         return  # nothing was tried (no backend): nothing worth remembering
+    if outcome.winner is None and CALLERS.several():
+        # Several threads were calling modules: a failure may have come from them, not from the module.
+        logger.info("%s: not storing the eager decision (several threads call modules)", job.name)
+        return
     winner = outcome.winner
     record = decision_record(job, outcome, backends)
     record.update(module_class=fields["module_class"], key_fields=fields)

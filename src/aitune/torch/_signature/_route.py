@@ -99,12 +99,37 @@ FAIL_OPEN = FailOpen()
 
 
 def reset() -> None:
-    """Forget the warnings given (for tests)."""
+    """Forget the warnings given and the threads seen (for tests)."""
     FAIL_OPEN.reset()
+    CALLERS.reset()
+
+
+class CallerThreads:
+    """The threads that have called tracked modules in this process (noted on every routed call: one set lookup).
+    Once there are several, building engines with torch.export (process-wide patching) could reroute another
+    thread's eager call, and a failure may come from the other thread rather than the module."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def note(self) -> None:
+        ident = threading.get_ident()
+        if ident not in self._seen:
+            self._seen.add(ident)
+
+    def several(self) -> bool:
+        return len(self._seen) > 1
+
+    def reset(self) -> None:
+        self._seen = set()
+
+
+CALLERS = CallerThreads()
 
 
 def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str) -> Route:
     """Where a call of `sig` with these tensor shapes goes."""
+    CALLERS.note()
     status = sig.status
     if status == "tuned":
         if sig.engine is not None and sig.in_engine_range(shapes):

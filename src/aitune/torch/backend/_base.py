@@ -104,6 +104,12 @@ class Backend(abc.ABC):
         engines with fixed profiles (TensorRT) or one CUDA graph per size."""
         return False
 
+    def exports_program(self) -> bool:
+        """True when building runs torch.export, which patches torch process-wide while it traces: another thread's
+        eager call at that moment would run through the tracer. Such backends are not tried while several threads
+        call modules (`_signature._route.CALLERS`)."""
+        return False
+
     def keeps_aliases(self, device: torch.device) -> bool:
         """True when its engines return the very tensors (or views of them) that the module returns of its own
         parameters, buffers or inputs, so a caller's in-place edit of such an output reaches them as in eager."""

@@ -233,6 +233,9 @@ class TorchInductorAotBackend(Backend):
 
     config: TorchInductorAotBackendConfig
 
+    def exports_program(self) -> bool:
+        return True
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         # AOTInductor compiles its C++ wrapper (and CPU kernels) with the system's compiler, on CUDA too.

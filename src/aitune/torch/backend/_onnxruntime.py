@@ -136,6 +136,9 @@ class ONNXRuntimeBackend(Backend):
 
     config: ONNXRuntimeBackendConfig
 
+    def exports_program(self) -> bool:
+        return bool(self.config.use_dynamo)
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return missing_reason("ONNXRuntimeBackend", "onnxruntime", "onnxruntime") or missing_reason(

@@ -335,6 +335,9 @@ class TensorRTBackend(Backend):
 
     config: TensorRTBackendConfig
 
+    def exports_program(self) -> bool:
+        return bool(self.config.use_dynamo)
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         return missing_reason(_BACKEND, "tensorrt", *_LIBRARIES) or missing_reason(_BACKEND, "tensorrt", "onnx")

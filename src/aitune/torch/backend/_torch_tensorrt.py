@@ -432,6 +432,9 @@ class TorchTensorRTAotBackend(_TorchTensorRTBackend):
 
     config: TorchTensorRTAotBackendConfig
 
+    def exports_program(self) -> bool:
+        return True
+
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
         trt = _torch_tensorrt(self.name)
