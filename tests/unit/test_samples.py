@@ -80,3 +80,22 @@ def test_clone_outputs_copies_tensors_and_keeps_mutable_containers() -> None:
     assert copied["b"][1][0] is not t and copied["b"][1][1] is None
     b = Batch(t, {"k": [t]})
     assert _tree.clone_outputs(b).ids is not t
+
+
+def test_value_blind_keys_ignore_argument_values_but_not_state_flags() -> None:
+    from aitune.torch._samples import InputNormalizer, signature_key, value_blind
+
+    class Cache:
+        def __init__(self, ready: bool) -> None:
+            self.keys = [torch.zeros(1)]
+            self.ready = ready
+
+    def forward(x: torch.Tensor, step: int, cache: Cache) -> None: ...
+
+    norm = InputNormalizer(forward)
+
+    def key(step: int, ready: bool) -> object:
+        return signature_key(norm.normalize((torch.zeros(2), step, Cache(ready)), {}))
+
+    assert key(1, True) != key(2, True) and value_blind(key(1, True)) == value_blind(key(2, True))
+    assert value_blind(key(1, True)) != value_blind(key(1, False))

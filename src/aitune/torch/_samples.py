@@ -98,10 +98,13 @@ def recorded_modes(modes: CallModes) -> Iterator[None]:
 
 
 def value_blind(key: Any) -> Any:
-    """`key` with the plain values left out (their types kept): keys that differ only in plain values agree."""
-    if isinstance(key, tuple):
+    """`key` with the plain values of arguments left out (their types kept): keys that differ only in such values
+    agree. The flags inside a state object (a cache before and after its first update) are kept."""
+    if isinstance(key, tuple) and key:
         if len(key) == 3 and key[0] == "V" and isinstance(key[1], type):
             return ("V", key[1])
+        if key[0] == "S":
+            return key
         return tuple(value_blind(part) for part in key)
     return key
 
