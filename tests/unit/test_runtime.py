@@ -481,3 +481,24 @@ def test_identical_modules_share_the_decision_and_only_build(fake: None, caplog:
     assert {s.backend_description for s in sigs} == {"FakeBackend"}  # the faster one, without latency
     assert FakeBackend.builds.count("Net") == 2 + 3, FakeBackend.builds  # two candidates once, then one build each
     assert caplog.text.count("as chosen for an identical module") == 3
+
+
+def test_report_writes_after_decisions_are_paced_by_their_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from aitune.torch.jit import _lifecycle
+
+    writes: list[float] = []
+
+    def slow_write() -> None:
+        writes.append(time.perf_counter())
+        time.sleep(0.01)
+
+    monkeypatch.setattr(_lifecycle, "_write_report_quietly", slow_write)
+    paced = _lifecycle._Paced()
+    paced()
+    paced()  # within 20 x 10 ms of the last write: skipped
+    assert len(writes) == 1
+    time.sleep(0.25)
+    paced()
+    assert len(writes) == 2

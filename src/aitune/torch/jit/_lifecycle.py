@@ -6,6 +6,7 @@ import atexit
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 from aitune.torch import cache
@@ -45,6 +46,27 @@ def _write_report_quietly() -> None:
         logging.getLogger(__name__).debug("writing the report failed", exc_info=True)
 
 
+class _Paced:
+    """The report rewritten after a decision, unless the last write was less than 20 times its own duration ago:
+    with thousands of modules each write costs more, and the script must not spend its time on it. A skipped
+    write is made by the next decision's, and at exit."""
+
+    def __init__(self) -> None:
+        self._last_end = 0.0
+        self._last_cost = 0.0
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self._last_end < 20 * self._last_cost:
+            return
+        _write_report_quietly()
+        self._last_end = time.perf_counter()
+        self._last_cost = self._last_end - now
+
+
+_on_decision = _Paced()
+
+
 def enable_jit_tuning() -> bool:
     """Load the settings (env vars, AITUNE_JIT_CONFIG file) and patch torch. Idempotent.
 
@@ -63,7 +85,7 @@ def enable_jit_tuning() -> bool:
         if not _state["atexit"]:
             atexit.register(_report.at_exit)
             _state["atexit"] = True
-        _tuner.LISTENERS.add(_write_report_quietly)
+        _tuner.LISTENERS.add(_on_decision)
     backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"
     where = f"; cache {store.root}" if store is not None else ""
     logger.info("JIT tuning enabled (mode %s, backends: %s%s)", SETTINGS.mode, backends, where)
