@@ -282,3 +282,42 @@ def test_while_several_threads_call_modules_no_backend_that_exports_is_tried() -
     assert [b.name for b in narrowed.backends] == ["TorchInductorJitBackend"]
     alone = _decide.restrict(_decide.Plan(plan.strategy, [ONNXRuntimeBackend()]), block, sig, samples, "block")
     assert alone.backends == [] and "several threads call modules" in (alone.why_none or "")
+
+
+class Counts(torch.nn.Module):
+    """Returns a Python number computed from the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        y = self.fc(x)
+        return y, int((y > 0.2).sum())
+
+
+def test_python_numbers_in_outputs_keep_exported_engines_away() -> None:
+    import aitune.torch as ait
+    from aitune.torch._explicit._module import runtime_of
+    from aitune.torch.backend import ONNXRuntimeBackend
+    from aitune.torch.config import config as global_config
+    from aitune.torch.tune_strategy import OneBackendStrategy
+
+    global_config.min_speedup = 1e-6
+    global_config.timing_iterations = 2
+    data = [torch.randn(4, 8) for _ in range(3)]
+    net = Counts().eval()
+    ort = ait.Module(net, "ort", strategy=OneBackendStrategy(ONNXRuntimeBackend()))
+    ait.tune(ort, data)
+    rt = runtime_of(ort)
+    assert rt is not None
+    sig = list(rt.signatures.values())[0]
+    assert sig.status == "eager" and "outputs hold Python numbers" in (sig.reason or ""), sig.reason
+    served = ait.Module(Counts().eval(), "eager", strategy=OneBackendStrategy(TorchEagerBackend()))
+    ait.tune(served, data)
+    rt = runtime_of(served)
+    assert rt is not None and list(rt.signatures.values())[0].status == "tuned"
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(4, 8) * 3
+            assert served(x)[1] == int((served.__wrapped__.fc(x) > 0.2).sum())

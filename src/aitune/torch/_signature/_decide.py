@@ -142,6 +142,7 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
+    - a call whose outputs hold Python numbers only by backends that run the module's Python (kind "jit");
     - a call whose output aliases a parameter, buffer or input (`sig.aliases`) only by backends that keep that;
     - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
     - a call that needs autograd (grad enabled, and an input or a parameter requires grad) only by backends
@@ -155,6 +156,10 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         plan = _narrowed(plan, lambda b: not b.exports_program(), name,
                          "several threads call modules, and torch.export (which it builds with) patches torch for "
                          "the whole process while it traces")
+    if any(_holds_numbers(s.outputs) for s in samples):
+        plan = _narrowed(plan, lambda b: b.kind == "jit", name,
+                         "its outputs hold Python numbers (perhaps computed from the data), which an exported engine, "
+                         "running no Python, would return as the values of its samples")
     if sig.aliases is not None:
         plan = _narrowed(plan, lambda b: b.keeps_aliases(device), name,
                          f"its output shares memory with what the caller may edit through it ({sig.aliases})")
@@ -173,6 +178,10 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
                                    f"which {dropped} cannot carry; call it under torch.no_grad() or "
                                    f"torch.inference_mode() for inference")
+
+
+def _holds_numbers(outputs: Any) -> bool:
+    return any(isinstance(leaf, (bool, int, float)) for _, leaf in _tree.leaf_paths(outputs))
 
 
 def _narrowed(plan: Plan, keep: Callable[[Backend], bool], name: str, why: str) -> Plan:
