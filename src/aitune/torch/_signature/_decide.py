@@ -142,6 +142,7 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
+    - while several threads call modules, no backend that builds with torch.export (`Backend.exports_program`);
     - a call whose outputs hold Python numbers only by backends that run the module's Python (kind "jit");
     - a call whose output aliases a parameter, buffer or input (`sig.aliases`) only by backends that keep that;
     - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
