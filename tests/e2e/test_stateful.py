@@ -79,6 +79,24 @@ def test_a_growing_sequence_is_served_beyond_the_lengths_it_was_tuned_on(plain_r
     assert "serves new sizes along" in hooked.stderr and "recompile" not in hooked.stderr.lower(), hooked.stderr
 
 
+def test_python_semantics_are_kept(plain_run: PlainRun, hooked_run: HookedRun) -> None:
+    """Autocast, a seeded draw after tuning, data-derived numbers, a returned buffer edited in place, a step
+    argument, many instances: all as without aitune, in bounded time."""
+    plain = plain_run("python_semantics")
+    hooked = hooked_run("python_semantics", AITUNE_JIT_LOG_LEVEL="INFO", **FORCE).check()
+    assert plain.results is not None
+    exact = tuple(k for k in plain.results if k.startswith(("count_", "autocast_dtype_"))) + ("running", "draw_after")
+    assert_results_close(hooked, plain, exact=exact)
+    scorer = hooked.module("Scorer")
+    # The number and the buffer alias keep exported engines away: Inductor JIT (or eager) serves it.
+    assert scorer["backend"] in (None, "TorchInductorJitBackend"), scorer
+    stepper = hooked.module("Stepper")
+    statuses = [s["status"] for s in stepper["signatures"]]
+    assert statuses.count("tuned") <= 4 and "differ only in plain Python values" in hooked.stderr, statuses
+    shared = [m for m in hooked.report["modules"] if m["name"].startswith("Stepper") and m.get("cache") == "shared"]
+    assert len(shared) >= 20, [(m["name"], m.get("cache")) for m in hooked.report["modules"]]
+
+
 def test_training_mode_says_why_nothing_is_tuned(plain_run: PlainRun, hooked_run: HookedRun) -> None:
     hooked = hooked_run("training_mode", **FORCE).check()
     assert_results_close(hooked, plain_run("training_mode"))

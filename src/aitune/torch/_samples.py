@@ -349,7 +349,7 @@ class SignatureTable:
                     sig = SignatureRecord.from_call(key, named)
                     self._limit_values(sig, key, name)
                     self.records[key] = sig
-                    if len(self.records) > 1:
+                    if len(self.records) > 1 and sig.status == "recording":
                         logger.info("%s: new input signature #%d (grad and inference mode, dtypes, devices, ranks "
                                     "and plain values are part of a signature)", name, len(self.records))
         shapes = _tree.shapes_of(named)
