@@ -220,12 +220,7 @@ class SignatureRecord:
         """Count a call with these tensor sizes (`_tree.shapes_of`) and widen the ranges (caller holds `lock`)."""
         self.calls += 1
         self.shape_counts[shapes] = self.shape_counts.get(shapes, 0) + 1
-        for lo, hi, shape in zip(self.min_shapes, self.max_shapes, shapes):
-            for i, size in enumerate(shape):
-                if size < lo[i]:
-                    lo[i] = size
-                if size > hi[i]:
-                    hi[i] = size
+        _widen(self.min_shapes, self.max_shapes, shapes)
 
     def freeze_engine_range(self, samples: Sequence[Sample]) -> None:
         """Remember the range the engine was checked on: that of the samples it was built from."""
@@ -235,13 +230,10 @@ class SignatureRecord:
             shapes = sample.shapes
             if shapes is None:
                 shapes = tuple(tuple(t.shape) for t in _tree.tensors({"args": sample.args, "kwargs": sample.kwargs}))
-            for i, shape in enumerate(shapes):
-                if i == len(mins):
-                    mins.append(list(shape))
-                    maxs.append(list(shape))
-                else:
-                    mins[i] = [min(a, b) for a, b in zip(mins[i], shape)]
-                    maxs[i] = [max(a, b) for a, b in zip(maxs[i], shape)]
+            for shape in shapes[len(mins):]:  # leaves not seen yet start at this sample's sizes
+                mins.append(list(shape))
+                maxs.append(list(shape))
+            _widen(mins, maxs, shapes)
         self.engine_range = (mins, maxs)
 
     def in_engine_range(self, shapes: tuple[tuple[int, ...], ...]) -> bool:
@@ -257,8 +249,7 @@ class SignatureRecord:
         `checks` of them have matched eager on live calls (`_route`)."""
         if self.engine_range is None:
             return
-        dims = [[i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
-                for lo, hi in zip(self.engine_range[0], self.engine_range[1])]
+        dims = _varying(*self.engine_range)
         if not any(dims):
             return
         self.open_dims = dims
@@ -289,12 +280,8 @@ class SignatureRecord:
 
     def widen_engine_range(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """The engine has served (or been confirmed on) these sizes: make them part of its range."""
-        if self.engine_range is None:
-            return
-        for lo, hi, shape in zip(self.engine_range[0], self.engine_range[1], shapes):
-            for i, size in enumerate(shape):
-                lo[i] = min(lo[i], size)
-                hi[i] = max(hi[i], size)
+        if self.engine_range is not None:
+            _widen(*self.engine_range, shapes)
 
     @property
     def most_common_shapes(self) -> tuple[tuple[int, ...], ...] | None:
@@ -305,8 +292,7 @@ class SignatureRecord:
     @property
     def dynamic_dims(self) -> list[list[int]]:
         """Per tensor leaf, the dimensions whose size varied across calls."""
-        return [[i for i, (a, b) in enumerate(zip(lo, hi)) if a != b]
-                for lo, hi in zip(self.min_shapes, self.max_shapes)]
+        return _varying(self.min_shapes, self.max_shapes)
 
     def to_report(self) -> dict[str, Any]:
         inputs = []
@@ -385,6 +371,21 @@ class SignatureTable:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
+
+
+def _widen(mins: list[list[int]], maxs: list[list[int]], shapes: tuple[tuple[int, ...], ...]) -> None:
+    """Widen the per-leaf [min sizes], [max sizes] in place to include `shapes`."""
+    for lo, hi, shape in zip(mins, maxs, shapes):
+        for i, size in enumerate(shape):
+            if size < lo[i]:
+                lo[i] = size
+            if size > hi[i]:
+                hi[i] = size
+
+
+def _varying(mins: list[list[int]], maxs: list[list[int]]) -> list[list[int]]:
+    """Per leaf, the dimensions whose min and max sizes differ."""
+    return [[i for i, (a, b) in enumerate(zip(lo, hi)) if a != b] for lo, hi in zip(mins, maxs)]
 
 
 def _within(mins: list[list[int]], maxs: list[list[int]], shapes: tuple[tuple[int, ...], ...]) -> bool:

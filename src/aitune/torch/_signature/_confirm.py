@@ -69,21 +69,10 @@ class LiveCheck(Engine):
         """One call on probation: `eager()` serves it (as the caller's call would have run: where aitune runs the
         module's hooks around this call, the forward alone, so they run once), the engine runs on copies of its
         inputs inside `own_work()` (aitune's own-work guard)."""
-        copies = _tree.clone((args, kwargs))
-        out = eager()
-        try:
-            with own_work(), rng_kept():
-                got = self.engine(*copies[0], **copies[1])
-        except Exception as e:  # an engine on probation that fails is dropped; the call has eager's result
-            self._reject(f"it failed on a live call ({type(e).__name__}: {str(e)[:200]})", out)
-        verdict = compare_outputs(out, got, self._tolerances, getattr(self.engine, "compute_dtype", None))
-        if not verdict.ok:
-            self._reject(f"its outputs differ from eager on a live call ({verdict.reason})", out)
-        written = compare_outputs((args, kwargs), copies, self._tolerances, getattr(self.engine, "compute_dtype", None),
-                                  path="inputs after the call")
-        if not written.ok:
-            self._reject(f"it changes its inputs in place differently from eager on a live call ({written.reason})",
-                         out)
+        out, why = shadow(self.engine, eager, args, kwargs, _tree.clone((args, kwargs)), self._tolerances, own_work,
+                          where=" on a live call")
+        if why is not None:
+            self._reject(why, out)
         with self._lock:
             self._left -= 1
             done = self._left == 0
@@ -109,6 +98,31 @@ class LiveCheck(Engine):
 
     def release(self) -> None:
         self.engine.release()
+
+
+def shadow(engine: Engine, eager: Callable[[], Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+           copies: tuple[tuple[Any, ...], dict[str, Any]], tolerances: dict[str, tuple[float, float]],
+           own_work: Callable[[], contextlib.AbstractContextManager[Any]], *, where: str = "",
+           raise_errors: bool = False) -> tuple[Any, str | None]:
+    """Serve a call with `eager()` and run `engine` on `copies` of its inputs (inside `own_work()`, the random
+    generators kept): (eager's output, why the engine disagreed, or None when its outputs and its in-place input
+    changes matched eager's). An error of the engine is a disagreement, unless `raise_errors`."""
+    out = eager()
+    try:
+        with own_work(), rng_kept():
+            got = engine(*copies[0], **copies[1])
+    except Exception as e:  # the engine's failure is the verdict; the call has eager's result
+        if raise_errors:
+            raise
+        return out, f"it failed{where} ({type(e).__name__}: {str(e)[:200]})"
+    dtype = getattr(engine, "compute_dtype", None)
+    verdict = compare_outputs(out, got, tolerances, dtype)
+    if not verdict.ok:
+        return out, f"its outputs differ from eager{where} ({verdict.reason})"
+    written = compare_outputs((args, kwargs), copies, tolerances, dtype, path="inputs after the call")
+    if not written.ok:
+        return out, f"it changes its inputs in place differently from eager{where} ({written.reason})"
+    return out, None
 
 
 def on_probation(engine: Engine, module: torch.nn.Module, sig: SignatureRecord, calls: int,

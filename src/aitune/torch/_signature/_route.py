@@ -29,10 +29,8 @@ from typing import Any, Literal
 import torch
 
 from aitune.torch import _tree
-from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
-from aitune.torch._signature._confirm import EngineRejected, LiveCheck
-from aitune.torch._signature._rng import rng_kept
+from aitune.torch._signature._confirm import EngineRejected, LiveCheck, shadow
 
 logger = logging.getLogger(__name__)
 
@@ -200,24 +198,8 @@ def run_confirming_size(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...
         logger.debug("%s: cannot copy the inputs to confirm a new size", name, exc_info=True)
         sig.close_sizes()
         return eager()
-    out = eager()
-    why = None
-    try:
-        with OwnWork(), rng_kept():
-            got = engine(*copies[0], **copies[1])
-        tolerances = sig.size_tolerances or {}
-        dtype = getattr(engine, "compute_dtype", None)
-        verdict = compare_outputs(out, got, tolerances, dtype)
-        if not verdict.ok:
-            why = f"its outputs differ from eager ({verdict.reason})"
-        else:
-            written = compare_outputs((args, kwargs), copies, tolerances, dtype, path="inputs after the call")
-            if not written.ok:
-                why = f"it changes its inputs differently from eager ({written.reason})"
-    except Exception as e:  # the engine cannot take this size: it keeps serving the range it was checked on
-        if strict:
-            raise
-        why = f"it failed ({type(e).__name__}: {str(e)[:200]})"
+    # An engine that cannot take this size keeps serving the range it was checked on (strict mode raises).
+    out, why = shadow(engine, eager, args, kwargs, copies, sig.size_tolerances or {}, OwnWork, raise_errors=strict)
     with sig.lock:
         if sig.engine is not engine:
             return out
