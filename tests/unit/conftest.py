@@ -11,6 +11,18 @@ import pytest
 from tests.unit.helpers import PAYLOAD_C
 
 
+@pytest.fixture
+def fast_tuning() -> None:
+    """CPU timings of tiny models are noise: accept any correct engine, and time briefly (the root conftest
+    resets the settings after each test)."""
+    from aitune.torch.config import config as global_config
+
+    global_config.min_speedup = 1e-6
+    global_config.timing_warmup = 0
+    global_config.timing_iterations = 3
+    global_config.timing_max_seconds = 0.5
+
+
 @pytest.fixture(scope="session")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a shared library whose constructor writes a marker file, the marker's path)."""

@@ -85,6 +85,15 @@ class FakeBackend(Backend):
         return _FakeEngine(module, self.config, FakeBackend.calls)  # type: ignore[arg-type]
 
 
+def only_signature(wrapper: Any, index: int = 0) -> SignatureRecord:
+    """The signature of an `ait.Module` wrapper (its first, or the one at `index` in call order)."""
+    from aitune.torch._explicit._module import runtime_of
+
+    rt = runtime_of(wrapper)
+    assert rt is not None, f"{type(wrapper).__name__} is not an ait.Module"
+    return list(rt.signatures.values())[index]
+
+
 def record(module: torch.nn.Module, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
            ) -> tuple[SignatureRecord, list[Sample]]:
     """Record `calls` of `module` eagerly, as the JIT hook does: one signature, one sample per call."""

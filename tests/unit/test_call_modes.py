@@ -3,8 +3,6 @@ aitune's own runs leave the script's random number generators where they were.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -13,19 +11,11 @@ from aitune.torch._explicit._module import runtime_of
 from aitune.torch._samples import call_modes, recorded_modes
 from aitune.torch._signature._rng import rng_kept
 from aitune.torch.backend import TorchEagerBackend
-from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy
 
-from .helpers import FakeBackend, Net
+from .helpers import FakeBackend, Net, only_signature
 
-
-@pytest.fixture(autouse=True)
-def _fast_tuning() -> Iterator[None]:
-    global_config.min_speedup = 1e-6
-    global_config.timing_warmup = 0
-    global_config.timing_iterations = 3
-    global_config.timing_max_seconds = 0.5
-    yield
+pytestmark = pytest.mark.usefixtures("fast_tuning")
 
 
 def test_call_modes_name_autocast_per_device_type_and_determinism() -> None:
@@ -42,15 +32,14 @@ def test_a_call_under_autocast_is_not_served_by_an_engine_tuned_without_it() -> 
     net = Net().eval()
     m = ait.Module(net, "net", strategy=OneBackendStrategy(FakeBackend()))
     ait.tune(m, [torch.randn(4, 16) for _ in range(3)])
-    rt = runtime_of(m)
-    assert rt is not None
-    tuned = list(rt.signatures.values())[0]
+    tuned = only_signature(m)
     x = torch.randn(4, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = m(x)
         want = net(x)
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
-    assert tuned.engine_calls == 0 and len(rt.signatures) == 2
+    rt = runtime_of(m)
+    assert tuned.engine_calls == 0 and rt is not None and len(rt.signatures) == 2
     with torch.no_grad():
         torch.testing.assert_close(m(x), net(x))
     assert tuned.engine_calls == 1
@@ -74,8 +63,7 @@ def test_tuning_leaves_the_global_generator_where_the_script_left_it() -> None:
     torch.manual_seed(0)
     ait.tune(m, data)  # three recorded calls (each draws once, as without aitune), then tuning's many runs
     after = torch.rand(4)
-    rt = runtime_of(m)
-    assert rt is not None and list(rt.signatures.values())[0].status == "tuned"
+    assert only_signature(m).status == "tuned"
     torch.manual_seed(0)
     with torch.no_grad():
         for x in data:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,14 +22,7 @@ from .helpers import Block, FakeBackend, FakeConfig, Net
 TOL: dict[str, Any] = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _fast_tuning() -> Iterator[None]:
-    """CPU timings of tiny models are noise: accept any correct engine, and time briefly (conftest resets)."""
-    global_config.min_speedup = 1e-6
-    global_config.timing_warmup = 0
-    global_config.timing_iterations = 3
-    global_config.timing_max_seconds = 0.5
-    yield
+pytestmark = pytest.mark.usefixtures("fast_tuning")
 
 
 def eager() -> OneBackendStrategy:

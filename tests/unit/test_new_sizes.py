@@ -5,38 +5,29 @@ mismatch closes it to new sizes, and nothing else is opened."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 import aitune.torch as ait
-from aitune.torch._explicit._module import runtime_of
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy
 
-from .helpers import FakeBackend, Net
+from .helpers import FakeBackend, Net, only_signature
 
 
 @pytest.fixture(autouse=True)
-def _fast_tuning() -> Iterator[None]:
-    global_config.min_speedup = 1e-6
-    global_config.timing_warmup = 0
-    global_config.timing_iterations = 2
-    global_config.timing_max_seconds = 0.5
+def _two_confirmations(fast_tuning: None) -> None:
     global_config.confirm_calls = 2
     FakeBackend.calls.clear()
-    yield
 
 
 def tuned(**options: Any) -> tuple[Any, torch.nn.Module, Any]:
     net = Net().eval()
     m = ait.Module(net, "net", strategy=OneBackendStrategy(FakeBackend(**options)))
     ait.tune(m, [torch.randn(n, 3, 16) for n in (4, 5, 6)])
-    rt = runtime_of(m)
-    assert rt is not None
-    sig = list(rt.signatures.values())[0]
+    sig = only_signature(m)
     assert sig.status == "tuned"
     return m, net, sig
 
@@ -107,9 +98,7 @@ def test_the_engine_range_follows_the_signature_order_whatever_order_keywords_co
         return {"positions": torch.tensor([[n]]), "mask": torch.ones(1, 1, 1, n), "ids": torch.randn(1, 1, 4)}
 
     ait.tune(m, [call(n) for n in (5, 6, 7)])
-    rt = runtime_of(m)
-    assert rt is not None
-    sig = list(rt.signatures.values())[0]
+    sig = only_signature(m)
     assert [d["name"] for d in sig.description] == ["ids", "mask", "positions"]
     assert sig.engine_range == ([[1, 1, 4], [1, 1, 1, 5], [1, 1]], [[1, 1, 4], [1, 1, 1, 7], [1, 1]])
     with torch.no_grad():

@@ -15,7 +15,7 @@ from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch._signature import _decide, _hooks, _state
 from aitune.torch.backend import Backend, TorchEagerBackend, TorchInductorJitBackend
 from aitune.torch.tune_strategy import HighestThroughputStrategy
-from tests.unit.helpers import Block, record
+from tests.unit.helpers import Block, only_signature, record
 
 
 class Cache:
@@ -233,29 +233,21 @@ class WithState(torch.nn.Module):
         return self.fc(x), self.state, x[0]
 
 
-def test_outputs_that_alias_buffers_or_inputs_keep_aliasing_them() -> None:
+def test_outputs_that_alias_buffers_or_inputs_keep_aliasing_them(fast_tuning: None) -> None:
     import aitune.torch as ait
-    from aitune.torch._explicit._module import runtime_of
     from aitune.torch.backend import ONNXRuntimeBackend
-    from aitune.torch.config import config as global_config
     from aitune.torch.tune_strategy import OneBackendStrategy
 
-    global_config.min_speedup = 1e-6
-    global_config.timing_iterations = 2
     data = [torch.randn(2, 8) for _ in range(3)]
     ort = ait.Module(WithState().eval(), "ort", strategy=OneBackendStrategy(ONNXRuntimeBackend()))
     ait.tune(ort, data)
-    rt = runtime_of(ort)
-    assert rt is not None
-    sig = list(rt.signatures.values())[0]
+    sig = only_signature(ort)
     assert sig.status == "eager" and "output.1 is the module's buffer state" in (sig.reason or ""), sig.reason
 
     net = WithState().eval()
     jit = ait.Module(net, "jit", strategy=OneBackendStrategy(TorchInductorJitBackend()))
     ait.tune(jit, data)
-    rt = runtime_of(jit)
-    assert rt is not None
-    sig = list(rt.signatures.values())[0]
+    sig = only_signature(jit)
     assert sig.status == "tuned", sig.reason
     x = torch.randn(2, 8)
     with torch.no_grad():
@@ -296,27 +288,20 @@ class Counts(torch.nn.Module):
         return y, int((y > 0.2).sum())
 
 
-def test_python_numbers_in_outputs_keep_exported_engines_away() -> None:
+def test_python_numbers_in_outputs_keep_exported_engines_away(fast_tuning: None) -> None:
     import aitune.torch as ait
-    from aitune.torch._explicit._module import runtime_of
     from aitune.torch.backend import ONNXRuntimeBackend
-    from aitune.torch.config import config as global_config
     from aitune.torch.tune_strategy import OneBackendStrategy
 
-    global_config.min_speedup = 1e-6
-    global_config.timing_iterations = 2
     data = [torch.randn(4, 8) for _ in range(3)]
     net = Counts().eval()
     ort = ait.Module(net, "ort", strategy=OneBackendStrategy(ONNXRuntimeBackend()))
     ait.tune(ort, data)
-    rt = runtime_of(ort)
-    assert rt is not None
-    sig = list(rt.signatures.values())[0]
+    sig = only_signature(ort)
     assert sig.status == "eager" and "outputs hold Python numbers" in (sig.reason or ""), sig.reason
     served = ait.Module(Counts().eval(), "eager", strategy=OneBackendStrategy(TorchEagerBackend()))
     ait.tune(served, data)
-    rt = runtime_of(served)
-    assert rt is not None and list(rt.signatures.values())[0].status == "tuned"
+    assert only_signature(served).status == "tuned"
     with torch.no_grad():
         for _ in range(3):
             x = torch.randn(4, 8) * 3
