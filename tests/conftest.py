@@ -34,7 +34,7 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
     yield
     from aitune.torch import cache
-    from aitune.torch._signature import _record, _reuse, _route
+    from aitune.torch._signature import _purity, _record, _reuse, _route, _weights
     from aitune.torch.backend import _defaults, _inductor_aot
     from aitune.torch.jit import _hook, _tracker, _tuner
 
@@ -47,6 +47,8 @@ def _clean_aitune(monkeypatch: pytest.MonkeyPatch, config_home: Path) -> Iterato
     _route.reset()
     _record.reset()
     _reuse.reset()
+    _purity.reset()
+    _weights.unwatch()
     from aitune.torch._settings._sources import reset_settings
 
     reset_settings()

@@ -197,13 +197,13 @@ def weights_state(module: torch.nn.Module) -> tuple[tuple[Any, ...], int]:
     modified in place; changed identities mean weights were replaced, moved or cast."""
     ids: list[Any] = []
     versions = 0
-    for t in _live_weights(module):
+    for t in live_weights(module):
         ids.append((id(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape)))
         versions += t._version
     return tuple(ids), versions
 
 
-def _live_weights(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+def live_weights(module: torch.nn.Module) -> Iterator[torch.Tensor]:
     yield from module.parameters()
     for b in module.buffers():
         if b is not None:

@@ -172,6 +172,17 @@ class SignatureRecord:
     #: What a recorded call's output shares memory with (one of the module's parameters or buffers, or an
     #: input), e.g. "output.1 is the module's buffer state"; only engines that keep such aliases may serve it.
     aliases: str | None = None
+    #: The module-side Python values its engine (one that runs no Python) baked in (`_signature._purity.Watch`):
+    #: when one changes, the engine is dropped and the signature records afresh (`_signature._route.choose`).
+    watch: Any = field(default=None, repr=False)
+    #: Backends kept from this signature before tuning, and why (`_signature._decide.restrict`).
+    not_tried: dict[str, str] = field(default_factory=dict)
+    #: The module's state (`_signature._state.snapshot`) after the last recorded call.
+    recorded_state: Any = field(default=None, repr=False)
+    #: How often a watched value changed under an engine; from the second time on, `python_only` says why only
+    #: backends that run the module's Python are tried for it.
+    watch_changes: int = 0
+    python_only: str | None = None
     #: New sizes still to be confirmed against eager on live calls before new sizes are served directly.
     size_checks_left: int = 0
     #: The tolerances those confirmations compare with.
@@ -307,7 +318,8 @@ class SignatureRecord:
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
                 "cache": self.cache, "inputs": inputs, "candidates": self.candidates,
-                "open_dims": self.open_dims}
+                "open_dims": self.open_dims, "not_tried": dict(self.not_tried),
+                "watched": [w.describe() for w in self.watch.items] if self.watch is not None else []}
 
 
 class SignatureTable:

@@ -1,5 +1,5 @@
-"""A model whose forward reads a setting outside the module (the SCALE env var), so its behaviour can change
-between runs without any change to its weights or code.
+"""A model whose forward reads a plain attribute set from outside (the SCALE env var, read when it is built), so
+its behaviour can change between runs without any change to its weights or code.
 
 Usage: SCALE=2.0 python scaled.py OUT.pt   (saves the last output and the expected value computed by hand)
 """
@@ -17,9 +17,10 @@ class Scaled(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(16, 16)
+        self.scale = SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x) * SCALE
+        return self.fc(x) * self.scale
 
 
 def main(out_path: str) -> None:

@@ -73,7 +73,7 @@ from aitune.torch._samples import (
 )
 from aitune.torch._settings._sources import ensure_settings_loaded
 from aitune.torch._signature._confirm import on_probation
-from aitune.torch._signature._decide import make_job, recorded_inference_mode
+from aitune.torch._signature._decide import make_job, purity, recorded_inference_mode
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._rng import rng_kept
 from aitune.torch._signature._route import OwnWork, drop_engine
@@ -372,6 +372,14 @@ def _load_signature(source: Path, unpacked: Path, entry: ModuleEntry, sig_entry:
         sig.freeze_engine_range([sample])
     result.latency_ms = sig_entry.tuned_latency_ms
     sig.reference = sample
+    if backend.kind != "jit":
+        # As when tuning: an engine that runs no Python serves only a pure call, and watches what it baked in.
+        verdict = purity(module, sig, sample)
+        why = verdict.outside or verdict.impure
+        if why is not None:
+            raise CheckpointError(f"{source}: module {entry.name!r}: its {sig_entry.backend} engine runs no Python, "
+                                  f"but {why}; tune it again (ait.tune) rather than loading it", path=source)
+        sig.watch = verdict.watch or None
     # The inputs checked above came with the file: the engine also has to match eager on live calls first.
     assert result.engine is not None
     result.engine = on_probation(result.engine, module, sig, job.confirm_calls, job.tolerances, name=entry.name,

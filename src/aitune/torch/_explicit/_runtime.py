@@ -50,6 +50,7 @@ from aitune.torch._signature._route import (
     run_engine,
     tracing,
 )
+from aitune.torch._signature._weights import Baseline
 from aitune.torch.tune_strategy._base import CandidateResult, TuneStrategy
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class ModuleRuntime:
         self.lock = threading.RLock()
         #: `weights_state(module)` when the engines were installed.
         self._weights: tuple[tuple[Any, ...], int] | None = None
+        #: The sampled weights when engines holding a copy of them were installed (`_signature._weights`).
+        self._baseline: Baseline | None = None
         #: `_signature._hooks.HOOKS` when the submodules' hooks were last checked.
         self._hook_epoch = -1
         self.serial = LIVE.add(self)
@@ -158,6 +161,8 @@ class ModuleRuntime:
         keep_watching()
         with self.lock:
             self._weights = weights_state(self.module)
+            baked = any(getattr(s.engine, "bakes_weights", False) for s in self.signatures.values())
+            self._baseline = Baseline(self.module) if baked else None
             self._hook_epoch = HOOKS.value
             self.state = "tuned"
 
@@ -217,7 +222,7 @@ class ModuleRuntime:
             if sig.engine is not None and not self._weights_current(sig):
                 route = "eager"
             else:
-                route = choose(sig, shapes, self.name)
+                route = choose(sig, shapes, self.name, self.module)
             if route == "record" and self.state != "recording":
                 route = "eager"
         except AITuneError:
@@ -261,16 +266,21 @@ class ModuleRuntime:
         """For an engine holding a copy of the weights: are they still those it was built from? Else drop."""
         if not getattr(sig.engine, "bakes_weights", False) or self._weights is None:
             return True
-        if weights_state(self.module) == self._weights:
+        if weights_state(self.module) == self._weights and not self._written_through_data():
             return True
         self.invalidate("weights changed")
         return False
 
     def check_weights(self, what: str) -> None:
         """After a move, cast or reload: drop every engine if the weights are not those they were built from."""
-        if self._weights is None or weights_state(self.module) == self._weights:
+        if self._weights is None or (weights_state(self.module) == self._weights
+                                     and not self._written_through_data()):
             return
         self.invalidate(what)
+
+    def _written_through_data(self) -> bool:
+        """Weights changed through `Parameter.data` since the engines were built (no version counter moved)."""
+        return self._baseline is not None and self._baseline.changed(self.module)
 
     def invalidate(self, why: str) -> None:
         """Drop every engine (never serve a stale one); the module runs eagerly until it is tuned again."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
+from aitune.torch._signature._purity import Purity, Watch, probe
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._reuse import decide_shared
@@ -52,9 +53,15 @@ def make_job(module: torch.nn.Module, name: str, signature: SignatureRecord, sam
 def run(job: TuneJob, strategy: TuneStrategy, store: EngineStore | None = None) -> TuneOutcome:
     """The tuning step: the cached decision if there is one, else the strategy's; under the grad, inference,
     autocast and deterministic modes the signature was recorded in (part of its key)."""
-    key = job.signature.key
-    with torch.set_grad_enabled(bool(key[0])), recorded_inference_mode(bool(key[1])), recorded_modes(modes_of(key)):
+    with recorded(job.signature.key):
         return decide_shared(job, strategy, store)
+
+
+@contextlib.contextmanager
+def recorded(key: Any) -> Iterator[None]:
+    """The grad, inference, autocast and deterministic modes a signature was recorded in."""
+    with torch.set_grad_enabled(bool(key[0])), recorded_inference_mode(bool(key[1])), recorded_modes(modes_of(key)):
+        yield
 
 
 def recorded_inference_mode(enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -77,6 +84,8 @@ class Plan:
     strategy: TuneStrategy
     backends: list[Backend]
     why_none: str | None = None
+    #: Module-side Python values an engine running no Python would bake in (`_purity`): watched once it serves.
+    watch: Watch | None = None
 
 
 @dataclass
@@ -117,6 +126,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     outcome: TuneOutcome | None = None
     error: BaseException | None = None
     reference = None
+    chosen = None
     try:
         device = first_device(samples)
         chosen = restrict(plan(device), module, sig, samples, label)
@@ -134,7 +144,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)
         error = e
     decision = Decision(name, outcome, error, time.perf_counter() - start, strict)
-    commit(sig, decision, samples, reference, label)
+    commit(sig, decision, samples, reference, label, watch=chosen.watch if chosen is not None else None)
     return decision
 
 
@@ -154,45 +164,78 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
                                        "engine would not reproduce")
     device = first_device(samples)
     if CALLERS.several():
-        plan = _narrowed(plan, lambda b: not b.exports_program(), name,
+        plan = _narrowed(sig, plan, lambda b: not b.exports_program(), name,
                          "several threads call modules, and torch.export (which it builds with) patches torch for "
                          "the whole process while it traces")
     if any(_holds_numbers(s.outputs) for s in samples):
-        plan = _narrowed(plan, lambda b: b.kind == "jit", name,
+        plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          "its outputs hold Python numbers (perhaps computed from the data), which an exported engine, "
                          "running no Python, would return as the values of its samples")
+    plan = _pure_or_python(plan, module, sig, samples, name)
     if sig.aliases is not None:
-        plan = _narrowed(plan, lambda b: b.keeps_aliases(device), name,
+        plan = _narrowed(sig, plan, lambda b: b.keeps_aliases(device), name,
                          f"its output shares memory with what the caller may edit through it ({sig.aliases})")
     if any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
         # A cache object passed in (a transformers DynamicCache or StaticCache): a CUDA graph captured on aitune's
         # copy of it would keep that copy's memory, or leave graph-owned memory in the caller's object.
-        plan = _narrowed(plan, lambda b: not b.uses_cuda_graphs(device), name,
+        plan = _narrowed(sig, plan, lambda b: not b.uses_cuda_graphs(device), name,
                          "its inputs hold an object with tensors (a cache), on which a CUDA graph cannot be captured "
                          "safely")
     if not needs_autograd(module, sig, samples):
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
     if kept or not plan.backends:
-        return Plan(plan.strategy, kept, plan.why_none)
+        return Plan(plan.strategy, kept, plan.why_none, plan.watch)
     dropped = ", ".join(b.describe() for b in plan.backends)
     return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
                                    f"which {dropped} cannot carry; call it under torch.no_grad() or "
                                    f"torch.inference_mode() for inference")
 
 
+def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample],
+                    name: str) -> Plan:
+    """Backends that run no Python (kind "aot") only for a call shown to be pure (`_purity`); the module-side
+    values such an engine would bake in go with the plan, to be watched. A signature whose watched values kept
+    changing (`sig.python_only`) is served by Python-running backends only."""
+    if not plan.backends or CALLERS.several():
+        # While several threads run, the trace's settings (Dynamo's, process-wide) would reach their compiles
+        # too; exported engines are not tried then anyway (`Backend.exports_program`).
+        return plan
+    if sig.python_only is not None:
+        plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name, sig.python_only)
+    verdict = purity(module, sig, samples[0])
+    if verdict.outside is not None:
+        return _narrowed(sig, plan, lambda b: False, name, verdict.outside)
+    if verdict.impure is not None:
+        return _narrowed(sig, plan, lambda b: b.kind == "jit", name,
+                         f"{verdict.impure}; engines that run its Python (or eager) serve it")
+    return Plan(plan.strategy, plan.backends, plan.why_none, verdict.watch or None)
+
+
+def purity(module: torch.nn.Module, sig: SignatureRecord, sample: Sample) -> Purity:
+    """`_purity.probe` for a call like `sample`, as aitune's own work under the signature's recorded modes; a
+    probe that fails leaves the call not shown pure."""
+    try:
+        with OwnWork(), libraries_quiet(), rng_kept(), recorded(sig.key):
+            return probe(module, sig.key, sample)
+    except Exception as e:  # the probe is aitune's own work: if it fails, the call is not shown pure
+        return Purity(f"its forward could not be analysed ({type(e).__name__}: {e})"[:300], Watch(()))
+
+
 def _holds_numbers(outputs: Any) -> bool:
     return any(isinstance(leaf, (bool, int, float)) for _, leaf in _tree.leaf_paths(outputs))
 
 
-def _narrowed(plan: Plan, keep: Callable[[Backend], bool], name: str, why: str) -> Plan:
-    """`plan` without the backends `keep` refuses, named in one INFO line with `why`."""
+def _narrowed(sig: SignatureRecord, plan: Plan, keep: Callable[[Backend], bool], name: str, why: str) -> Plan:
+    """`plan` without the backends `keep` refuses, named in one INFO line with `why` (and in the report)."""
     kept = [b for b in plan.backends if keep(b)]
     if len(kept) == len(plan.backends):
         return plan
     dropped = [b for b in plan.backends if b not in kept]
+    for b in dropped:
+        sig.not_tried[b.describe()] = why
     logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in dropped), why)
-    return Plan(plan.strategy, kept, plan.why_none if kept else why)
+    return Plan(plan.strategy, kept, plan.why_none if kept else why, plan.watch)
 
 
 def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> bool:
@@ -204,8 +247,9 @@ def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Seque
 
 
 def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], reference: Sample | None,
-           label: str) -> None:
-    """Install the winner on `sig`, or leave it eager with the reason; its samples are released either way."""
+           label: str, *, watch: Watch | None = None) -> None:
+    """Install the winner on `sig`, or leave it eager with the reason; its samples are released either way.
+    `watch`: the module-side values a winner that runs no Python baked in (checked before its calls, `_route`)."""
     outcome = decision.outcome
     if outcome is not None:
         sig.candidates = [c.to_report() for c in outcome.candidates]
@@ -216,6 +260,7 @@ def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], 
         sig.reference = reference
         sig.install_engine(winner, outcome.eager_latency_ms)
         backend = winner.backend_obj
+        sig.watch = watch if watch and backend is not None and backend.kind != "jit" else None
         if backend is not None and backend.serves_new_sizes(first_device(samples)):
             from aitune.torch.config import config as global_config
 

@@ -48,8 +48,11 @@ class _ThisThread(logging.Filter):
 
 
 def _handlers() -> list[logging.Handler]:
-    """The handlers a library record can reach: those of the libraries' loggers and of the root logger."""
+    """The handlers a library record can reach: those of the libraries' loggers, of the root logger, and the
+    last resort that prints records no handler took (onnxscript's "Evaluation failed" warnings)."""
     found: dict[int, logging.Handler] = {id(h): h for h in logging.getLogger().handlers}
+    if logging.lastResort is not None:  # where a record goes when no logger on its way has a handler
+        found[id(logging.lastResort)] = logging.lastResort
     for name, item in list(logging.Logger.manager.loggerDict.items()):
         if isinstance(item, logging.Logger) and name.split(".")[0] in _LIBRARIES:
             for handler in item.handlers:

@@ -94,10 +94,19 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
     if inputs is None:
         return out
     try:
-        if before is not None and sig.samples:  # the first recorded call may set things up lazily
-            changed = changes(before, snapshot(module))
+        after_call = snapshot(module) if before is not None else None
+        if before is not None and after_call is not None and sig.samples:  # the first call may set up lazily
+            changed = changes(before, after_call)
             if changed is not None:
                 sig.state_change = changed
+            elif sig.recorded_state is not None and changes(sig.recorded_state, before) is not None:
+                # The script changed the module between recorded calls (`m.temperature = 0.25`): the samples
+                # so far show another computation; recording starts over from this call.
+                logger.debug("%s: %s changed between recorded calls; recording afresh", name,
+                             changes(sig.recorded_state, before))
+                release_samples(sig)
+                sig.calls = 1
+        sig.recorded_state = after_call
         if sig.aliases is None:
             sig.aliases = output_aliases(module, (args, kwargs), out)
         outputs = _tree.clone(out)

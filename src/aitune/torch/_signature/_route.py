@@ -125,10 +125,16 @@ class CallerThreads:
 CALLERS = CallerThreads()
 
 
-def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str) -> Route:
-    """Where a call of `sig` with these tensor shapes goes."""
+def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str,
+           module: torch.nn.Module | None = None) -> Route:
+    """Where a call of `sig` of `module` with these tensor shapes goes."""
     CALLERS.note()
     status = sig.status
+    if status == "tuned" and sig.watch is not None and module is not None:
+        changed = sig.watch.changed(module)
+        if changed is not None:
+            _watched_value_changed(sig, name, changed)
+            status = sig.status
     if status == "tuned":
         if sig.engine is not None and sig.in_engine_range(shapes):
             return "engine"
@@ -141,6 +147,27 @@ def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str)
         sig.count_out_of_range(name)
         return "eager"
     return "record" if status == "recording" else "eager"
+
+
+def _watched_value_changed(sig: SignatureRecord, name: str, what: str) -> None:
+    """A Python value the engine baked in changed (a plain attribute set by the script): like a weight change,
+    the engine is dropped and the signature records afresh; the second time, only backends that run the
+    module's Python are tried for it, so a value that changes on every call does not cost a tuning each time."""
+    with sig.lock:
+        if sig.status != "tuned" or sig.watch is None:
+            return
+        drop_engine(sig)
+        sig.watch = None
+        sig.status = "recording"
+        sig.calls = 0
+        sig.watch_changes += 1
+        if sig.watch_changes >= 2:
+            sig.python_only = (f"Python values its engine would bake in keep changing ({what}); only engines that "
+                               "run its Python are tried")
+    if sig.watch_changes == 1:
+        logger.info("%s: %s, which its engine baked in; dropping the engine and re-recording", name, what)
+    elif sig.watch_changes == 2:
+        logger.info("%s: %s again; from now on only engines that run its Python are tried for it", name, what)
 
 
 def drop_engine(sig: SignatureRecord) -> None:

@@ -7,12 +7,15 @@ identities and versions, the plain attributes of every submodule) before a recor
 differs after it. The first call of a module is allowed one change (lazy set-up on first use is common); a change
 on any later recorded call keeps the module eager (`SignatureRecord.state_change` says what changed).
 
-Known limits: state held outside the module (a global, an object the forward reaches through a closure) is not
-seen here; in-place writes through `.data` do not bump version counters.
+Lists, dicts, sets and deques the module holds are compared by identity and length (a forward appending to
+`self.history` changes it). Known limits: state held outside the module (a global, an object the forward reaches
+through a closure) is not seen here (`_purity` traces for it); in-place writes through `.data` do not bump
+version counters (`_weights` notices them).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import torch
@@ -35,6 +38,8 @@ def _value(v: Any) -> Any:
         return ("plain", v)
     if isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v):
         return ("plain", v)
+    if isinstance(v, (list, dict, set, collections.deque)):
+        return ("container", id(v), len(v))  # a forward appending to a list it holds changes its length
     return ("object", id(v))
 
 

@@ -90,7 +90,7 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
         assert table is not None
         try:
             sig, shapes = table.lookup(args, kwargs, st.name)
-            route = choose(sig, shapes, st.name)
+            route = choose(sig, shapes, st.name, module)
         except AITuneError:
             raise
         except Exception as e:  # aitune's own logic failed (not the user's forward): the fail-open policy
@@ -173,7 +173,10 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
     moved = ids != st.param_ids
     changed = versions != st.version_sum
     if not moved and not changed:
-        return
+        baseline = st.weights_baseline
+        if baseline is None or not _has_baked_engine(st) or not baseline.changed(module):
+            return
+        changed = True  # written through Parameter.data: no version counter moved
     st.param_ids, st.version_sum = ids, versions
     with LOCK:
         if not moved and any(s.engine is not None and s.engine.bakes_weights and s.status != "tuning"

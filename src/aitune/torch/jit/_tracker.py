@@ -28,6 +28,7 @@ import torch
 from aitune.torch._samples import SignatureRecord, SignatureTable
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._route import drop_engine
+from aitune.torch._signature._weights import Baseline
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class ModuleState:
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "table", "reason", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "repeats", "__weakref__",
+        "version_sum", "weights_baseline",
+        "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "repeats", "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: ModuleStatus, name: str, qualname: str, depth: int,
@@ -76,6 +78,9 @@ class ModuleState:
         #: Fingerprint of the weights the engines were built against (see `fingerprint`).
         self.param_ids: tuple[Any, ...] | None = None
         self.version_sum = 0
+        #: The sampled weights its weight-copying engines were built from (`_signature._weights.Baseline`):
+        #: writes through `Parameter.data` bump no version counter.
+        self.weights_baseline: Baseline | None = None
         self.epoch = -1
         self.tune_seconds = 0.0
         #: How often the weights changed in place under an engine holding a copy of them. From the second time

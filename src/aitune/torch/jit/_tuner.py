@@ -18,6 +18,7 @@ from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._decide import Decision, Plan, candidates, decide
 from aitune.torch._signature._route import drop_engine
+from aitune.torch._signature._weights import Baseline
 from aitune.torch.jit import _tracker
 from aitune.torch.jit._tracker import LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS, config
@@ -143,13 +144,16 @@ def _after(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module, decis
             drop_engine(sig)
             return
         st.param_ids, st.version_sum = weights_state(module)
+        engine = decision.winner.engine
+        if engine is not None and engine.bakes_weights:
+            st.weights_baseline = Baseline(module)
         if not st.decided:
             st.decided = True
             _tracker.detach_descendants(st)
         return
     if not st.decided and st.status == "active":
         outcome = decision.outcome
-        all_errors = outcome is None or all(not c.ok for c in outcome.candidates)
+        all_errors = outcome is None or bool(outcome.candidates) and all(not c.ok for c in outcome.candidates)
         _tracker.give_up(st, "failed" if all_errors else "eager", sig.reason or "not tuned", SETTINGS)
         children = [c.name for c in st.children if c.status == "active"]
         if children:
