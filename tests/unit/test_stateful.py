@@ -200,6 +200,19 @@ def test_restrict_drops_cuda_graphs_for_cache_arguments_and_non_autograd_backend
     plan = _decide.restrict(_plan([Graphs()]), net, sig, cache_samples, "net")
     assert plan.backends == [] and "CUDA graph" in (plan.why_none or "")
 
+    # A cache allocated once and updated in place (its tensors marked static, as transformers' StaticCache marks
+    # them) keeps CUDA graphs; one with an unmarked tensor, or none yet, does not.
+    static = Cache()
+    static.keys = [torch.zeros(2, 4), torch.zeros(2, 4)]
+    for t in static.keys:
+        torch._dynamo.mark_static_address(t)
+    static_samples = [Sample(samples[0].args, {"cache": static}, samples[0].outputs)]
+    assert [type(b) for b in _decide.restrict(_plan([Graphs()]), net, sig, static_samples, "net").backends] == [Graphs]
+    copied = _tree.clone(static)
+    assert all(_tree.static_address(t) for t in copied.keys) and copied.keys[0] is not static.keys[0]
+    static.keys.append(torch.zeros(2, 4))
+    assert _decide.restrict(_plan([Graphs()]), net, sig, static_samples, "net").backends == []
+
     grad_sig = SignatureRecord(key=(True, False, ()), description=[], min_shapes=[], max_shapes=[])
     plan = _decide.restrict(_plan([ONNXRuntimeBackend(), TorchInductorJitBackend()]), net, grad_sig, samples, "net")
     assert [type(b) for b in plan.backends] == [TorchInductorJitBackend]
@@ -306,3 +319,21 @@ def test_python_numbers_in_outputs_keep_exported_engines_away(fast_tuning: None)
         for _ in range(3):
             x = torch.randn(4, 8) * 3
             assert served(x)[1] == int((served.__wrapped__.fc(x) > 0.2).sum())
+
+
+def test_refill_puts_values_back_into_the_same_tensors_or_says_it_cannot() -> None:
+    cache = Cache()
+    cache.keys = [torch.zeros(2, 3)]
+    src = (torch.ones(2), {"cache": cache})
+    held = _tree.clone(src)
+    memory = held[1]["cache"].keys[0].data_ptr()
+    held[1]["cache"].keys[0].add_(5.0)  # a call filling the copy in place
+    held[0].mul_(3.0)
+    assert _tree.refill(held, src)
+    assert held[1]["cache"].keys[0].data_ptr() == memory and torch.equal(held[1]["cache"].keys[0], torch.zeros(2, 3))
+    assert torch.equal(held[0], torch.ones(2))
+    held[1]["cache"].keys.append(torch.zeros(2, 3))  # a call that grew the cache: not refillable
+    assert not _tree.refill(held, src)
+    held = _tree.clone(src)
+    held[1]["cache"].step = 4  # a plain value it changed
+    assert not _tree.refill(held, src)

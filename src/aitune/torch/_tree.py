@@ -100,6 +100,27 @@ def holds_state(obj: Any) -> bool:
     return any(holds_state(child) for _, child in kids)
 
 
+def state_tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors held by the state objects in `obj` (not its plain tensor leaves)."""
+    found: list[torch.Tensor] = []
+    if isinstance(obj, torch.Tensor):
+        return found
+    kids = children(obj)
+    if kids is None:
+        if state_fields(obj) is not None:
+            found.extend(all_tensors(obj))
+        return found
+    for _, child in kids:
+        found.extend(state_tensors(child))
+    return found
+
+
+def static_address(t: torch.Tensor) -> bool:
+    """Marked with `torch._dynamo.mark_static_address` (transformers' StaticCache marks its tensors so): its
+    memory is allocated once and updated in place, so a CUDA graph may read and write it where it is."""
+    return getattr(t, "_dynamo_static_input_type", None) is not None
+
+
 class Uncopyable(Exception):
     """A call's inputs hold an object that cannot be copied (so aitune cannot run the call on a copy)."""
 
@@ -219,6 +240,9 @@ def clone(obj: Any) -> Any:
             found = t.detach().clone()
             if t.requires_grad:
                 found.requires_grad_(True)  # a leaf that says what the original said (checked like a dtype)
+            static = getattr(t, "_dynamo_static_input_type", None)
+            if static is not None:  # torch._dynamo.mark_static_address: compiled as the original would be
+                found._dynamo_static_input_type = static  # type: ignore[attr-defined]
             memo[id(t)] = found
         return found
 
@@ -241,6 +265,42 @@ def clone(obj: Any) -> Any:
         return done
 
     return walk(obj)
+
+
+def refill(dst: Any, src: Any) -> bool:
+    """Put `src`'s values back into `dst`, a clone of it that a call has since changed, in place: the same tensors
+    (so the same memory) with `src`'s contents. False, leaving `dst` unusable, when the call changed its
+    structure (a tensor replaced by one of another size, a list grown, a plain value changed): clone afresh then."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+
+    def match(d: Any, s: Any) -> bool:
+        if isinstance(s, torch.Tensor):
+            if not isinstance(d, torch.Tensor) or d.shape != s.shape or d.dtype != s.dtype or d.device != s.device:
+                return False
+            pairs.append((d, s))
+            return True
+        if type(d) is not type(s):
+            return False
+        kids_s, kids_d = parts(s), parts(d)
+        if kids_s is None or kids_d is None:
+            try:
+                return kids_s is None and kids_d is None and bool(d == s)
+            except Exception:  # values without a plain equality: cannot tell them equal
+                return False
+        if id(s) in seen:
+            return True
+        seen.add(id(s))
+        if len(kids_s) != len(kids_d):
+            return False
+        return all(ks == kd and match(vd, vs) for (ks, vs), (kd, vd) in zip(kids_s, kids_d))
+
+    if not match(dst, src):
+        return False
+    with torch.no_grad():
+        for d, s in pairs:
+            d.copy_(s)
+    return True
 
 
 def tree_map_with(fn: Callable[[Any], Any], obj: Any) -> Any:

@@ -175,12 +175,13 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     if sig.aliases is not None:
         plan = _narrowed(sig, plan, lambda b: b.keeps_aliases(device), name,
                          f"its output shares memory with what the caller may edit through it ({sig.aliases})")
-    if any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
-        # A cache object passed in (a transformers DynamicCache or StaticCache): a CUDA graph captured on aitune's
-        # copy of it would keep that copy's memory, or leave graph-owned memory in the caller's object.
+    if any(_tree.holds_state((s.args, s.kwargs)) for s in samples) and not _static_state(samples):
+        # A cache object passed in (a transformers DynamicCache): a CUDA graph would leave graph-owned memory in
+        # the caller's object (tensors the cache grows by), which the next replay overwrites. A cache whose
+        # tensors are all allocated once and marked static (StaticCache) is updated in place, where it is.
         plan = _narrowed(sig, plan, lambda b: not b.uses_cuda_graphs(device), name,
-                         "its inputs hold an object with tensors (a cache), on which a CUDA graph cannot be captured "
-                         "safely")
+                         "its inputs hold an object with tensors (a cache) that are not all marked static "
+                         "(torch._dynamo.mark_static_address), on which a CUDA graph cannot be captured safely")
     if not needs_autograd(module, sig, samples):
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
@@ -220,6 +221,15 @@ def purity(module: torch.nn.Module, sig: SignatureRecord, sample: Sample) -> Pur
             return probe(module, sig.key, sample)
     except Exception as e:  # the probe is aitune's own work: if it fails, the call is not shown pure
         return Purity(f"its forward could not be analysed ({type(e).__name__}: {e})"[:300], Watch(()))
+
+
+def _static_state(samples: Sequence[Sample]) -> bool:
+    """Every sample's state objects hold tensors, all marked static (allocated once, updated in place)."""
+    for s in samples:
+        tensors = _tree.state_tensors((s.args, s.kwargs))
+        if not tensors or not all(_tree.static_address(t) for t in tensors):
+            return False
+    return True
 
 
 def _holds_numbers(outputs: Any) -> bool:
