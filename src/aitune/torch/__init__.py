@@ -4,8 +4,8 @@ Explicit API: `ait.Module(module)` marks a module, `ait.tune(model, dataset)` re
 modules, `ait.inspect(pipeline, dataset)` shows where time goes and `ait.wrap(pipeline, modules)` marks modules
 by attribute path; `ait.save` / `ait.load` ship tuned engines.
 JIT mode (zero code): `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, see `aitune.torch.jit`.
-Backends: `aitune.torch.backend`; strategies: `aitune.torch.tune_strategy`; global settings:
-`aitune.torch.config.config`.
+Backends: `aitune.torch.backend`; strategies: `aitune.torch.tune_strategy`; global settings: `ait.config`
+(also `aitune.torch.config.config`); JIT settings: `ait.jit_config` (also `aitune.torch.jit.config.config`).
 
 Where things live:
 - The fail-open policy: `_signature/_route.py` (`FAIL_OPEN`), used by both fronts: aitune's own failure warns once
@@ -26,7 +26,7 @@ Where things live:
 # (a script that does `import aitune.torch as ait` before `import torch`).
 import torch  # noqa: F401  # isort: skip
 
-from aitune.torch import backend, tune_strategy
+from aitune.torch import backend, config, tune_strategy
 from aitune.torch._errors import (
     AITuneError,
     BackendUnavailableError,
@@ -46,11 +46,22 @@ from aitune.torch._explicit._wrap import wrap
 from aitune.torch.tune_strategy import (
     FirstWinsStrategy,
     HighestThroughputStrategy,
+    MaxThroughputStrategy,
     OneBackendStrategy,
     TuneStrategy,
 )
 
 strategies = tune_strategy
+
+
+def __getattr__(name: str) -> object:
+    """`ait.jit_config` / `from aitune.torch import jit_config`: the JIT settings object, imported on first use
+    (importing it enables nothing)."""
+    if name == "jit_config":
+        from aitune.torch.jit.config import config as jit_settings
+
+        return jit_settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AITuneError",
@@ -62,6 +73,7 @@ __all__ = [
     "FirstWinsStrategy",
     "HighestThroughputStrategy",
     "InspectResult",
+    "MaxThroughputStrategy",
     "Module",
     "OneBackendStrategy",
     "TuneStrategy",
@@ -69,7 +81,9 @@ __all__ = [
     "UnknownBackendError",
     "UsageError",
     "backend",
+    "config",
     "inspect",
+    "jit_config",
     "load",
     "save",
     "strategies",

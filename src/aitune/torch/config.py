@@ -22,7 +22,7 @@ import torch
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from aitune.torch._settings._model import TrackedSettings, register_scope
+from aitune.torch._settings._model import TrackedSettings, register_scope, settings_module
 from aitune.torch._settings._sources import load_settings
 from aitune.torch._units import parse_byte_size
 
@@ -135,6 +135,8 @@ class GlobalConfig(TrackedSettings):
 #: The global settings singleton. Keep a reference freely: loads update it in place.
 config = GlobalConfig()
 register_scope(config, toml_table="global", py_name="global_config")
+# `ait.config.strict = True` (this module used as the object, as documented) sets the setting.
+settings_module(__name__)
 
 
 def load_global_config() -> None:

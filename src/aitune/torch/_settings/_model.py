@@ -14,6 +14,7 @@ import copy
 import enum
 import sys
 import threading
+import types
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +47,10 @@ def loading(source: str | None) -> Iterator[None]:
 
 
 def _caller(depth: int) -> str:
+    """file:line of the code that made the assignment (past this module's own frames, e.g. `SettingsModule`)."""
     frame = sys._getframe(depth + 1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
 
 
@@ -206,3 +210,41 @@ def register_scope(model: TrackedSettings, *, toml_table: str | None, py_name: s
     scope.sources = {f: "default" for f in scope.fields()}
     scope.mark_applied()
     SCOPES.add(scope)
+
+
+# --- a settings module that is also its settings object -----------------------------------------------------
+
+class SettingsModule(types.ModuleType):
+    """A settings module that reads and writes as its settings object.
+
+    `aitune.torch.config` is both a module (`from aitune.torch.config import config`) and, as documented for
+    `ait.config`, the global settings object. With this class, `ait.config.max_num_samples_stored = 7` sets the
+    setting (validated, its source noted) instead of adding an attribute to the module. A name the module does not
+    define is the object's: reading it reads the setting (or method), assigning it assigns the setting, so an
+    unknown name is an error naming the field rather than silently ignored.
+    """
+
+    _settings_attr = "config"
+
+    def _settings(self) -> TrackedSettings:
+        obj: TrackedSettings = self.__dict__[self._settings_attr]
+        return obj
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or self._settings_attr not in self.__dict__:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        return getattr(self._settings(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__ or name.startswith("_") or self._settings_attr not in self.__dict__:
+            super().__setattr__(name, value)
+            return
+        setattr(self._settings(), name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(type(self._settings()).model_fields))
+
+
+def settings_module(module_name: str) -> None:
+    """Make the (already imported) module `module_name` a `SettingsModule` of its `config` object."""
+    sys.modules[module_name].__class__ = SettingsModule

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from aitune.torch import _tree
 from aitune.torch._samples import Sample, SignatureRecord
@@ -57,13 +57,29 @@ class TorchInductorJitBackendConfig(BackendConfig):
         default=None, description="Inductor config options (torch.compile's `options`); exclusive with mode.")
     autocast_enabled: bool = Field(default=False, description="Run the engine under torch.autocast.")
     autocast_dtype: Literal["float16", "bfloat16"] | None = Field(
-        default=None, description="Autocast dtype (default: float16 on CUDA, bfloat16 on CPU).")
+        default=None, description="Autocast dtype (default: float16 on CUDA, bfloat16 on CPU); a name or a "
+                                  "torch.dtype (torch.float16).")
+
+    _autocast_dtype_name = field_validator("autocast_dtype", mode="before")(classmethod(
+        lambda cls, value: autocast_dtype_name(value)))
 
     @model_validator(mode="after")
     def _mode_xor_options(self) -> TorchInductorJitBackendConfig:
         if self.mode is not None and self.options:
             raise ValueError("torch.compile accepts either `mode` or `options`, not both")
         return self
+
+
+def autocast_dtype_name(value: Any) -> Any:
+    """`torch.float16` (or "torch.float16", "half") as "float16"; anything else as it came, for the field to
+    judge."""
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, str):
+        found = getattr(torch, value.strip().removeprefix("torch."), None)
+        if isinstance(found, torch.dtype):
+            return str(found).removeprefix("torch.")
+    return value
 
 
 def autocast_for(enabled: bool, dtype_name: str | None, device: torch.device

@@ -1,4 +1,5 @@
 """Backend registry: backends are registered by name (their class name) and created from plain data.
+Names are matched exactly, then case-insensitively (`_` and a trailing "Backend" optional), then by short name.
 
 Used by the TOML override files and env vars, which name backends as strings.
 """
@@ -37,17 +38,43 @@ def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: Short names (compared as `_normalized` spells them) for the built-in backends.
+SHORT_NAMES = {
+    "inductor": "TorchInductorJitBackend", "torchcompile": "TorchInductorJitBackend",
+    "inductoraot": "TorchInductorAotBackend", "aotinductor": "TorchInductorAotBackend",
+    "onnxruntime": "ONNXRuntimeBackend", "onnx": "ONNXRuntimeBackend", "ort": "ONNXRuntimeBackend",
+    "tensorrt": "TensorRTBackend", "trt": "TensorRTBackend",
+    "torchtensorrt": "TorchTensorRTJitBackend", "torchtrt": "TorchTensorRTJitBackend",
+    "torchtensorrtaot": "TorchTensorRTAotBackend", "torchtrtaot": "TorchTensorRTAotBackend",
+    "eager": "TorchEagerBackend",
+}
+
+
+def _normalized(name: str) -> str:
+    """Case, `_`, `-`, spaces and a trailing "backend" do not matter: `onnx_runtime`, `ONNXRuntime`."""
+    text = "".join(ch for ch in name.lower() if ch.isalnum())
+    return text.removesuffix("backend") or text
+
+
 def get_backend_class(name: str) -> type[Backend]:
-    """Look a backend up by name; the error lists the registered names and the closest match."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = backend_names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownBackendError(
-            f"unknown backend {name!r}.{hint} Registered backends: {', '.join(known)}", field="backends"
-        ) from None
+    """Look a backend up by its registered name, case-insensitively, or by a short name (`inductor`,
+    `onnxruntime`, `tensorrt`, see `SHORT_NAMES`); the error names the closest match and lists the names."""
+    found = _REGISTRY.get(name)
+    if found is not None:
+        return found
+    wanted = _normalized(name)
+    by_name = {_normalized(n): n for n in _REGISTRY}
+    by_name.update({short: full for short, full in SHORT_NAMES.items() if full in _REGISTRY})
+    if wanted in by_name:
+        return _REGISTRY[by_name[wanted]]
+    known = backend_names()
+    close = difflib.get_close_matches(wanted, list(by_name), n=1, cutoff=0.7)
+    hint = f" Did you mean {by_name[close[0]]!r}?" if close else ""
+    shorts = ", ".join(sorted(short for short, full in SHORT_NAMES.items() if full in _REGISTRY))
+    raise UnknownBackendError(
+        f"unknown backend {name!r}.{hint} Registered backends: {', '.join(known)} (case does not matter; short "
+        f"names: {shorts})", field="backends"
+    ) from None
 
 
 def create_backend(name: str, options: dict[str, Any] | None = None) -> Backend:

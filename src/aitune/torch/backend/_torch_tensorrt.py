@@ -47,7 +47,13 @@ from pydantic import AliasChoices, Field, JsonValue, PlainValidator, WrapSeriali
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 from aitune.torch.backend._flat import FlatIO, FlatModule
-from aitune.torch.backend._inductor import CompiledEngine, autocast_for, compile_on_samples, entry_point
+from aitune.torch.backend._inductor import (
+    CompiledEngine,
+    autocast_dtype_name,
+    autocast_for,
+    compile_on_samples,
+    entry_point,
+)
 from aitune.torch.backend._optional import missing_reason, require
 
 logger = logging.getLogger(__name__)
@@ -236,7 +242,10 @@ class TorchTensorRTJitBackendConfig(BackendConfig):
         "(recompile per shape), None automatic.")
     autocast_enabled: bool = Field(default=False, description="Run the engine under torch.autocast.")
     autocast_dtype: Literal["float16", "bfloat16"] | None = Field(
-        default=None, description="Autocast dtype (default: float16).")
+        default=None, description="Autocast dtype (default: float16); a name or a torch.dtype.")
+
+    _autocast_dtype_name = field_validator("autocast_dtype", mode="before")(classmethod(
+        lambda cls, value: autocast_dtype_name(value)))
 
 
 class _JitEngine(CompiledEngine):

@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_serializer, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from aitune.torch._errors import UnknownBackendError
-from aitune.torch._settings._model import TrackedSettings, register_scope
+from aitune.torch._settings._model import TrackedSettings, register_scope, settings_module
 from aitune.torch._settings._problems import SettingItemError, summarize_validation_error
 from aitune.torch._settings._sources import load_settings
 from aitune.torch._units import parse_byte_size
@@ -120,7 +120,7 @@ class JITConfig(TrackedSettings):
     strategy: Any = Field(
         default="highest_throughput",
         description="How a winner is picked: one of " + ", ".join(STRATEGY_NAMES) + ", or an object with a "
-                    "callable `tune` attribute (an aitune.torch.tune_strategy strategy).",
+                    "callable `tune` attribute (an aitune.torch.tune_strategy strategy); None: the default.",
         json_schema_extra={"accepted": "one of " + ", ".join(STRATEGY_NAMES) + " (case-insensitive), or an "
                                        "object with a callable tune() method, e.g. FirstWinsStrategy()"})
     min_samples: int = Field(default=3, ge=1, description="Calls of a signature recorded before it is tuned.")
@@ -214,6 +214,8 @@ class JITConfig(TrackedSettings):
     @field_validator("strategy", mode="before")
     @classmethod
     def _check_strategy(cls, value: Any) -> Any:
+        if value is None:  # as AITune documents it: the default strategy
+            return "highest_throughput"
         if isinstance(value, str):
             key = value.strip().lower().replace("-", "_")
             if key in STRATEGY_NAMES:
@@ -283,6 +285,8 @@ class JITConfig(TrackedSettings):
 #: The JIT settings singleton. Keep a reference freely: loads update it in place.
 config = JITConfig()
 register_scope(config, toml_table=None, py_name="config", namespace={"JITMode": JITMode})
+# `from aitune.torch.jit import config; config.min_samples = 1` (this module used as the object) sets the setting.
+settings_module(__name__)
 
 
 class _View:

@@ -5,6 +5,7 @@ from aitune.torch.tune_strategy._strategies import (
     STRATEGY_NAMES,
     FirstWinsStrategy,
     HighestThroughputStrategy,
+    MaxThroughputStrategy,
     OneBackendStrategy,
     strategy_named,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "CandidateResult",
     "FirstWinsStrategy",
     "HighestThroughputStrategy",
+    "MaxThroughputStrategy",
     "OneBackendStrategy",
     "STRATEGY_NAMES",
     "TuneJob",

@@ -295,3 +295,13 @@ class TuneStrategy(abc.ABC):
 
     def describe(self) -> str:
         return type(self).__name__
+
+    def enable_performance_validation(self, enabled: bool = True) -> TuneStrategy:
+        """Accepted for scripts written for NVIDIA AITune; a no-op here: every candidate is always checked against
+        eager and timed on the recorded samples, and one that is not faster (`min_speedup`) is not used."""
+        return self
+
+    def enable_find_max_batch_size(self, enabled: bool = True) -> TuneStrategy:
+        """Accepted for scripts written for NVIDIA AITune; a no-op here: aitune tunes the batch sizes a script
+        calls with, and searches for no other."""
+        return self

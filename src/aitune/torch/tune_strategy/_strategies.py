@@ -68,6 +68,9 @@ def _all_failed_reason(results: Sequence[CandidateResult]) -> str:
 
 
 #: The names a configuration may give a strategy (`config.strategy`), in one place.
+#: NVIDIA AITune's name for the measuring strategy (the same class).
+MaxThroughputStrategy = HighestThroughputStrategy
+
 STRATEGY_NAMES = ("highest_throughput", "first_wins", "one_backend")
 
 
