@@ -55,12 +55,16 @@ strategies = tune_strategy
 
 
 def __getattr__(name: str) -> object:
-    """`ait.jit_config` / `from aitune.torch import jit_config`: the JIT settings object, imported on first use
-    (importing it enables nothing)."""
+    """`ait.jit_config` / `from aitune.torch import jit_config`: the JIT settings object; `patch_for_jit_tuning`,
+    `prepare_for_jit_tuning` (`aitune.torch.jit._entry`). Imported on first use; importing them enables nothing."""
     if name == "jit_config":
         from aitune.torch.jit.config import config as jit_settings
 
         return jit_settings
+    if name in ("patch_for_jit_tuning", "prepare_for_jit_tuning"):
+        from aitune.torch.jit import _entry
+
+        return getattr(_entry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -84,6 +88,8 @@ __all__ = [
     "config",
     "inspect",
     "jit_config",
+    "patch_for_jit_tuning",
+    "prepare_for_jit_tuning",
     "load",
     "save",
     "strategies",

@@ -86,6 +86,8 @@ class Plan:
     why_none: str | None = None
     #: Module-side Python values an engine running no Python would bake in (`_purity`): watched once it serves.
     watch: Watch | None = None
+    #: Tune the module whole only when its forward traces as one graph (JIT mode's `detect_graph_breaks`).
+    one_graph: bool = False
 
 
 @dataclass
@@ -186,7 +188,7 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
     if kept or not plan.backends:
-        return Plan(plan.strategy, kept, plan.why_none, plan.watch)
+        return Plan(plan.strategy, kept, plan.why_none, plan.watch, plan.one_graph)
     dropped = ", ".join(b.describe() for b in plan.backends)
     return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
                                    f"which {dropped} cannot carry; call it under torch.no_grad() or "
@@ -205,12 +207,16 @@ def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, s
     if sig.python_only is not None:
         plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name, sig.python_only)
     verdict = purity(module, sig, samples[0])
+    if plan.one_graph and verdict.breaks:
+        why = f"its forward breaks into several graphs ({'; '.join(verdict.breaks[:3])})"
+        logger.info("%s: not tuned whole: %s", name, why)
+        return Plan(plan.strategy, [], why[:500])
     if verdict.outside is not None:
         return _narrowed(sig, plan, lambda b: False, name, verdict.outside)
     if verdict.impure is not None:
         return _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          f"{verdict.impure}; engines that run its Python (or eager) serve it")
-    return Plan(plan.strategy, plan.backends, plan.why_none, verdict.watch or None)
+    return Plan(plan.strategy, plan.backends, plan.why_none, verdict.watch or None, plan.one_graph)
 
 
 def purity(module: torch.nn.Module, sig: SignatureRecord, sample: Sample) -> Purity:
@@ -245,7 +251,7 @@ def _narrowed(sig: SignatureRecord, plan: Plan, keep: Callable[[Backend], bool],
     for b in dropped:
         sig.not_tried[b.describe()] = why
     logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in dropped), why)
-    return Plan(plan.strategy, kept, plan.why_none if kept else why, plan.watch)
+    return Plan(plan.strategy, kept, plan.why_none if kept else why, plan.watch, plan.one_graph)
 
 
 def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> bool:

@@ -25,6 +25,7 @@ names in a form not parsed here (`_steps`) on the module's side makes the call i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -149,6 +150,8 @@ class Purity:
     impure: str | None
     watch: Watch
     outside: str | None = None
+    #: Why Dynamo broke the forward into several graphs (its graph-break reasons), if it did.
+    breaks: tuple[str, ...] = ()
 
 
 class _Verdicts:
@@ -208,7 +211,10 @@ def _trace(module: torch.nn.Module, sample: Sample) -> Purity:
         guards.extend(entries)
         return [True] * len(entries)
 
+    graphs: list[int] = []
+
     def capture(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable[..., Any]:
+        graphs.append(len(gm.graph.nodes))
         return gm.forward
 
     args, kwargs = _tree.clone((sample.args, sample.kwargs))
@@ -216,6 +222,9 @@ def _trace(module: torch.nn.Module, sample: Sample) -> Purity:
     # objects as they were.
     patch: dict[str, Any] = {k: v for k, v in (("side_effect_replay_policy", "warn"), ("replay_side_effects", False))
              if hasattr(torch._dynamo.config, k)}
+    from torch._dynamo.utils import counters
+
+    breaks_before = dict(counters["graph_break"])
     try:
         with warnings.catch_warnings(record=True) as caught, torch._dynamo.config.patch(patch):
             warnings.simplefilter("always")
@@ -236,7 +245,11 @@ def _trace(module: torch.nn.Module, sample: Sample) -> Purity:
         if user:
             return Purity(f"its forward changes Python objects it is given ({', '.join(user[:3])}), which an engine "
                           "running no Python would not do", Watch(()))
-    return _judge(module, guards)
+    broke = tuple(reason for reason, n in counters["graph_break"].items() if n > breaks_before.get(reason, 0))
+    if len(graphs) > 1 and not broke:
+        broke = (f"{len(graphs)} graphs",)
+    verdict = _judge(module, guards)
+    return dataclasses.replace(verdict, breaks=tuple(str(b).splitlines()[0][:200] for b in broke))
 
 
 def _judge(module: torch.nn.Module, guards: Sequence[Any]) -> Purity:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -164,7 +164,7 @@ class Epoch:
 
 EPOCH = Epoch()
 _ROOT_NAMES: dict[str, int] = {}
-_EXCLUDED_CLASSES: dict[type, bool] = {}
+_EXCLUDED_CLASSES: dict[tuple[type, tuple[str, ...], tuple[str, ...]], bool] = {}
 _local = threading.local()
 
 
@@ -220,12 +220,16 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _is_excluded(cls: type, prefixes: list[str]) -> bool:
-    hit = _EXCLUDED_CLASSES.get(cls)
+def _is_excluded(cls: type, prefixes: list[str], names: Sequence[str] = ()) -> bool:
+    """Module-path prefixes (`exclude_packages`, matched as text), and package or qualified class names
+    (`patch_exclude`: `diffusers` covers `diffusers.models.Net`, not `diffusers_extra`)."""
+    key = (cls, tuple(prefixes), tuple(names))
+    hit = _EXCLUDED_CLASSES.get(key)
     if hit is None:
         qual = _qualname(cls)
-        hit = any(qual.startswith(p) for p in prefixes)
-        _EXCLUDED_CLASSES[cls] = hit
+        hit = any(qual.startswith(p) for p in prefixes) or any(
+            qual == n or qual.startswith(n.rstrip(".") + ".") for n in names)
+        _EXCLUDED_CLASSES[key] = hit
     return hit
 
 
@@ -245,7 +249,7 @@ def discover(module: torch.nn.Module, settings: Any) -> ModuleState:
         existing = STATES.get(id(module))
         if existing is not None and existing.ref() is module:
             return existing
-        if _is_excluded(cls, settings.exclude_packages):
+        if _is_excluded(cls, settings.exclude_packages, settings.patch_exclude):
             st = ModuleState(module, "untracked", cls.__name__, _qualname(cls), 0, None)
             STATES[id(module)] = st
             return st

@@ -15,8 +15,9 @@ import torch
 
 from aitune.torch import cache
 from aitune.torch._fingerprint import weights_state
-from aitune.torch._samples import SignatureRecord
-from aitune.torch._signature._decide import Decision, Plan, candidates, decide
+from aitune.torch._samples import SignatureRecord, first_device
+from aitune.torch._signature._decide import Decision, Plan, candidates, decide, restrict
+from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._route import drop_engine
 from aitune.torch._signature._weights import Baseline
 from aitune.torch.jit import _tracker
@@ -107,18 +108,51 @@ def _plan(st: ModuleState, device: torch.device) -> Plan:
                               HighestThroughputStrategy())
     if strategy.backends is not None:
         backends = list(strategy.backends)
+    if SETTINGS.device is not None and not _on(device, torch.device(SETTINGS.device)):
+        return Plan(strategy, [], f"its calls run on {device}, and jit_config.device is {SETTINGS.device}")
     if st.live_weights_only:
         backends = [b for b in backends if not b.bakes_weights]
         if not backends:
             return Plan(strategy, [], "its weights keep changing in place and every candidate backend holds a "
                                       "copy of them (add one that reads live weights, e.g. TorchInductorJitBackend)")
-    return Plan(strategy, backends)
+    return Plan(strategy, backends, one_graph=SETTINGS.detect_graph_breaks)
+
+
+def _on(device: torch.device, wanted: torch.device) -> bool:
+    """`device` is `wanted` (a device without an index, `cuda`, is any device of that type)."""
+    return device.type == wanted.type and (wanted.index is None or device.index in (None, wanted.index))
+
+
+def _dry_run(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module) -> None:
+    """What tuning would try for this signature, said and reported; nothing is built and it runs eagerly."""
+    with sig.lock:
+        if sig.status != "recording" or not sig.samples:
+            return
+        samples = list(sig.samples)
+        sig.status = "tuning"
+    try:
+        chosen = restrict(_plan(st, first_device(samples)), module, sig, samples, st.name)
+        tried = ", ".join(b.describe() for b in chosen.backends)
+        reason = (f"dry run: would try {tried} with {chosen.strategy.describe()}" if chosen.backends
+                  else f"dry run: no backend would be tried ({chosen.why_none or 'none configured'})")
+    except Exception as e:  # planning is aitune's own work: the signature stays eager either way
+        reason = f"dry run: planning failed ({type(e).__name__}: {e})"[:300]
+    with sig.lock:
+        sig.status = "eager"
+        sig.reason = reason[:500]
+    release_samples(sig)
+    st.reason = reason[:500]
+    logger.info("%s: %s", st.name, reason)
 
 
 def tune_signature(st: ModuleState, sig: SignatureRecord) -> None:
     """Tune `sig` of the module of `st` now, unless another thread is (or the module is no longer active)."""
     module = st.ref()
     if module is None or st.status != "active":
+        return
+    if SETTINGS.dry_run:
+        _dry_run(st, sig, module)
+        LISTENERS.notify()
         return
     spent = BUDGET.spent()
     if spent is not None:

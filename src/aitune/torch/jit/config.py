@@ -139,6 +139,25 @@ class JITConfig(TrackedSettings):
         description="Module-path prefixes whose modules are not tracked at all.",
         json_schema_extra={"accepted": "a list of module-path prefixes (e.g. torch.fx); from env a comma list "
                                        "or a JSON list"})
+    patch_exclude: list[str] = Field(
+        default_factory=list,
+        description="Package prefixes (diffusers.models) or qualified class names (mylib.Net) whose modules are not "
+                    "tracked at all, added to exclude_packages (NVIDIA AITune's name).",
+        json_schema_extra={"accepted": "a list of package prefixes or qualified class names; from env a comma list "
+                                       "or a JSON list"})
+    device: str | None = Field(
+        default=None,
+        description="Tune only calls that run on this device (cuda, cuda:1, cpu); others run eagerly, with the "
+                    "reason in the report. None: calls on any device. aitune never moves a module.")
+    dry_run: bool = Field(
+        default=False,
+        description="Record, and for each signature say which backends would be tried (and which not, and why), "
+                    "without building any; every module then runs eagerly.")
+    detect_graph_breaks: bool = Field(
+        default=False,
+        description="Before building, trace each module once (Dynamo, nothing compiled): a module whose forward "
+                    "breaks into several graphs is not tuned whole, its children are tried, and the report names "
+                    "the breaks.")
     report: Path | None = Field(
         default=None, description="Path of the JSON report written at exit (kept current while tuning).",
         json_schema_extra={"accepted": "a file path (relative paths resolve against the working directory at "
@@ -184,6 +203,18 @@ class JITConfig(TrackedSettings):
             return ("one of " + ", ".join(m.value for m in JITMode) + " (case-insensitive; "
                     + ", ".join(m.name for m in JITMode) + " also work)")
         return super().accepted_values(field_name)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _parse_device(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        import torch
+
+        try:
+            return str(torch.device(value))
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{value!r} is not a device (e.g. cuda, cuda:0, cpu): {e}") from None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -327,6 +358,22 @@ class _View:
     @property
     def exclude_packages(self) -> list[str]:
         return list(config.exclude_packages)
+
+    @property
+    def patch_exclude(self) -> list[str]:
+        return list(config.patch_exclude)
+
+    @property
+    def device(self) -> str | None:
+        return config.device
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(config.dry_run)
+
+    @property
+    def detect_graph_breaks(self) -> bool:
+        return bool(config.detect_graph_breaks)
 
     @property
     def report(self) -> Path | None:
