@@ -263,6 +263,11 @@ def _run_py(path: Path) -> None:
         where = _line_in(exc, path)
         raise ConfigError(f"{where}: {summarize_validation_error(exc)}. {_py_hint()}", field=CONFIG_FILE_ENV,
                           source=where) from None
+    except SystemExit as exc:  # sys.exit() in an override file would end the script with no word of why
+        where = _line_in(exc, path)
+        raise ConfigError(f"{where}: the override file called sys.exit({exc.code!r}); an override file only sets "
+                          f"fields, it cannot end the script. {_py_hint()}", field=CONFIG_FILE_ENV,
+                          source=where) from None
     except Exception as exc:  # anything the user's override file raises becomes one message naming its line
         where = _line_in(exc, path)
         raise ConfigError(f"{where}: the override file raised {type(exc).__name__}: {exc}. {_py_hint()}",
