@@ -8,9 +8,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1; then
+        echo "aitune setup: installing torch (CUDA build, this machine has a GPU)..."
         "$PY" -m pip install -q "torch>=2.11"
     else
+        echo "aitune setup: installing torch 2.13.0 (CPU build)..."
         "$PY" -m pip install -q "torch==2.13.0"
     fi
 fi
+echo "aitune setup: installing aitune (editable) with its test tools and the ONNX Runtime, TensorRT-RTX and ModelOpt extras..."
 "$PY" -m pip install -q -e ".[test,onnxruntime,tensorrt-rtx,modelopt]"
+echo "aitune setup: done"
