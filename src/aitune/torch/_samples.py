@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import statistics
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -175,6 +176,8 @@ class SignatureRecord:
     #: The module-side Python values its engine (one that runs no Python) baked in (`_signature._purity.Watch`):
     #: when one changes, the engine is dropped and the signature records afresh (`_signature._route.choose`).
     watch: Any = field(default=None, repr=False)
+    #: Wall time of each recorded eager call, ms (synchronized on CUDA): where the time goes before tuning.
+    recorded_ms: list[float] = field(default_factory=list, repr=False)
     #: Backends kept from this signature before tuning, and why (`_signature._decide.restrict`).
     not_tried: dict[str, str] = field(default_factory=dict)
     #: The module's state (`_signature._state.snapshot`) after the last recorded call.
@@ -319,6 +322,7 @@ class SignatureRecord:
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
                 "cache": self.cache, "inputs": inputs, "candidates": self.candidates,
                 "open_dims": self.open_dims, "not_tried": dict(self.not_tried),
+                "recorded_eager_ms": _round(statistics.median(self.recorded_ms)) if self.recorded_ms else None,
                 "watched": [w.describe() for w in self.watch.items] if self.watch is not None else []}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,9 +91,16 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
         logger.info("%s: stays eager (%s)", name, sig.reason)
     except Exception as e:  # inputs that cannot be copied are not recorded; the call runs as it is
         fail_open(f"recording inputs of {name}", e)
-    out = eager()
     if inputs is None:
-        return out
+        return eager()
+    cuda = any(t.is_cuda for t in _tree.all_tensors((args, kwargs)))
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = eager()
+    if cuda:
+        torch.cuda.synchronize()
+    sig.recorded_ms.append((time.perf_counter() - start) * 1000.0)  # where the time goes (inspect mode, report)
     try:
         after_call = snapshot(module) if before is not None else None
         if before is not None and after_call is not None and sig.samples:  # the first call may set up lazily

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,3 +53,36 @@ def print_hierarchy(file: IO[str] | None = None) -> None:
         why = f" ({m['reason']})" if m.get("reason") and m["state"] != "tuned" else ""
         print(f"{'  ' * int(m['depth'])}{m['name'].rsplit('.', 1)[-1] if m['depth'] else m['name']} "
               f"[{m['class'].rsplit('.', 1)[-1]}] {m['state']}{backend}, {m['calls']} calls{speed}{why}", file=out)
+
+
+class Inspection:
+    """What `enable_inspection()` returns: `save_report(path)` writes the report as it stands now."""
+
+    def save_report(self, path: str | Path, model_name: str | None = None) -> Path:
+        """Write the HTML report to `path` (a `.html` name; the JSON report goes beside it), or the JSON report
+        and its HTML page beside it for a `.json` name; a directory gets `<model_name or aitune>.html`.
+        Returns the HTML page's path."""
+        from aitune.torch.jit import _report
+
+        target = Path(path).expanduser()
+        if target.is_dir() or not target.suffix:
+            target = target / f"{model_name or 'aitune'}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _report.write_report(target.with_suffix(".json"))
+        page = target.with_suffix(".html")
+        if target.suffix not in (".html", ".json"):  # another suffix: the page at that very name too
+            _report.write_html(_report.build_report(), target)
+            return target
+        return page
+
+
+def enable_inspection() -> Inspection:
+    """Inspect mode (record and report, never compile; eager time per module measured on recorded calls), on
+    from now: NVIDIA AITune's `aitune.torch.jit.enable_inspection()`."""
+    from aitune.torch.jit import enable_jit_tuning
+    from aitune.torch.jit.config import JITMode
+    from aitune.torch.jit.config import config as jit_config
+
+    jit_config.mode = JITMode.INSPECT
+    enable_jit_tuning()
+    return Inspection()

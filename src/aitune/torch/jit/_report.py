@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -63,6 +64,8 @@ def _module_entry(st: ModuleState) -> dict[str, Any]:
         "depth": st.depth,
         "parent": st.parent.name if st.parent is not None else None,
         "tuning_seconds": round(st.tune_seconds, 3),
+        "recorded_eager_ms": (round(statistics.median(main.recorded_ms), 4)
+                              if main is not None and main.recorded_ms else None),
         "cache": main.cache if main is not None else None,
         "signatures": [s.to_report() for s in sigs],
         "repeated": dict(st.repeats),
@@ -97,6 +100,23 @@ def write_report(path: Path | str | None = None) -> Path | None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if target.suffix == ".json":
+        write_html(data, target.with_suffix(".html"))
+    return target
+
+
+def write_html(data: dict[str, Any], target: Path) -> Path:
+    """The report as one self-contained HTML page beside the JSON (`_html`), written atomically."""
+    from aitune.torch.jit._html import render
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(render(data))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
