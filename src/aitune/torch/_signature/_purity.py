@@ -354,6 +354,10 @@ def _sources(listing: str) -> list[str]:
 
 def _readable(source: str) -> str:
     """A Dynamo source as the script would write it: L['mod'].history -> the module's history."""
+    hook = re.search(r"\._(forward|forward_pre|backward|backward_pre)_hooks", source)
+    if hook is not None:
+        path = ".".join(re.findall(r"_modules\['([^']+)'\]", source[:hook.start()]))
+        return f"what a {hook.group(1).replace('_', '-')} hook on {path or 'the module'} changes"
     text = re.sub(r"^L\['mod'\]", "self", source)
     text = re.sub(r"^L\['(\w+)'\]", r"\1", text)
     return _global_name(text) if text.startswith("G[") else text
