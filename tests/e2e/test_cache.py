@@ -170,7 +170,7 @@ def test_cache_dir_set_to_the_project_directory_uses_and_deletes_nothing(plain_r
     assert f"{project} is not an aitune cache" in run.stderr and "choose another directory" in run.stderr
     after = _snapshot(project)
     assert {k: v for k, v in after.items() if k in before} == before, "a file of the user's was changed or deleted"
-    assert set(after) - set(before) <= {"cnn.pt", "report.json"}, sorted(set(after) - set(before))
+    assert set(after) - set(before) <= {"cnn.pt", "report.json", "report.html"}, sorted(set(after) - set(before))
 
 
 @pytest.mark.parametrize("where", ["below_a_file", "in_proc"])
