@@ -94,3 +94,21 @@ def test_detect_graph_breaks_sends_a_breaking_module_to_its_children() -> None:
 
 def test_without_the_check_a_breaking_module_is_tuned_whole() -> None:
     assert _run(Breaks().eval())["Breaks"]["state"] == "tuned"
+
+
+def test_batch_axis_required_waits_for_a_second_size_and_covers_both() -> None:
+    jit_config.batch_axis_required = True
+    ait.jit_config.backends = [TorchEagerBackend()]
+    ait.jit_config.min_samples = 2
+    net = Net().eval()
+    with ait.prepare_for_jit_tuning(), torch.no_grad():
+        for _ in range(5):
+            net(torch.randn(4, 16))
+        assert {m["name"]: m for m in _report.build_report()["modules"]}["Net"]["state"] == "recording"
+        for batch in (8, 4, 8):
+            x = torch.randn(batch, 16)
+            torch.testing.assert_close(net(x), torch.nn.Module._wrapped_call_impl(net, x))
+    entry = {m["name"]: m for m in _report.build_report()["modules"]}["Net"]
+    assert entry["state"] == "tuned", entry
+    sig = entry["signatures"][0]
+    assert sig["inputs"][0]["engine_min_shape"][0] == 4 and sig["inputs"][0]["engine_max_shape"][0] == 8, sig

@@ -19,7 +19,7 @@ from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
-from aitune.torch._signature._record import record_call, release_samples
+from aitune.torch._signature._record import BUDGET, record_call, release_samples
 from aitune.torch._signature._route import (
     FAIL_OPEN,
     GUARD,
@@ -107,11 +107,15 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
         if route == "eager":
             return eager()
         strict = SETTINGS.strict
+        waiting = SETTINGS.batch_axis_required and SETTINGS.min_samples > 1
+        if waiting:
+            _make_room_for_new_sizes(sig, shapes)
         out = record_call(sig, args, kwargs, eager, name=st.name, module=module, shapes=shapes,
                           max_samples=SETTINGS.max_num_samples_stored,
                           max_bytes=SETTINGS.max_samples_bytes,
                           fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))
-        if SETTINGS.tune_eagerly and sig.calls >= SETTINGS.min_samples and sig.samples:
+        varied = not waiting or len({sample.shapes for sample in sig.samples}) > 1
+        if SETTINGS.tune_eagerly and sig.calls >= SETTINGS.min_samples and sig.samples and varied:
             try:
                 tune(st, sig)
             except AITuneError:
@@ -121,6 +125,17 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
         return out
 
     return handle_call
+
+
+def _make_room_for_new_sizes(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...]) -> None:
+    """`batch_axis_required`: the samples are full of one size and this call brings another; drop the newest
+    sample so this call is kept, and the engine is built over both sizes."""
+    seen = {s.shapes for s in sig.samples}
+    full = len(sig.samples) >= SETTINGS.max_num_samples_stored
+    if full and len(seen) == 1 and shapes not in seen:
+        with sig.lock:
+            dropped = sig.samples.pop()
+        BUDGET.give_back(dropped.nbytes)
 
 
 def _call_tracked(st: ModuleState, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *,

@@ -149,6 +149,11 @@ class JITConfig(TrackedSettings):
         default=None,
         description="Tune only calls that run on this device (cuda, cuda:1, cpu); others run eagerly, with the "
                     "reason in the report. None: calls on any device. aitune never moves a module.")
+    batch_axis_required: bool = Field(
+        default=False,
+        description="With min_samples > 1, tune a signature only once its calls have shown a dimension that varies "
+                    "(a second batch size), so the engine covers both; the call with the new size is kept as a "
+                    "sample. NVIDIA AITune's default is True; here False (tune after min_samples calls).")
     dry_run: bool = Field(
         default=False,
         description="Record, and for each signature say which backends would be tried (and which not, and why), "
@@ -366,6 +371,10 @@ class _View:
     @property
     def device(self) -> str | None:
         return config.device
+
+    @property
+    def batch_axis_required(self) -> bool:
+        return bool(config.batch_axis_required)
 
     @property
     def dry_run(self) -> bool:
