@@ -195,7 +195,7 @@ def probe(module: torch.nn.Module, key: Any, sample: Sample) -> Purity:
             return known
         watch = known.watch.rebound(module)
         if watch is not None:
-            return Purity(None, watch)
+            return dataclasses.replace(known, watch=watch)
     verdict = _trace(module, sample)
     if memo is not None:
         VERDICTS.put(memo, verdict)
