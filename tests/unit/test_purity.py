@@ -207,3 +207,23 @@ def test_a_loaded_exported_engine_watches_what_it_baked_in(tmp_path: Any) -> Non
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), fresh.forward(x))
     assert sig.engine is None
+
+
+def test_signatures_per_module_stay_bounded() -> None:
+    from aitune.torch.config import config as global_config
+    from aitune.torch.jit import _report, enable_jit_tuning
+    from aitune.torch.jit.config import config as jit_settings
+
+    global_config.max_signatures = 8
+    jit_settings.backends = [TorchInductorJitBackend()]
+    enable_jit_tuning()
+    net, stats = AppendsToArgument().eval(), []
+    with torch.no_grad():
+        for _ in range(40):  # the list grows: every call is a new signature
+            x = torch.randn(2, 8)
+            torch.testing.assert_close(net(x, stats), net.fc(x))
+    assert len(stats) == 40
+    entry = {m["name"]: m for m in _report.build_report()["modules"]}["AppendsToArgument"]
+    assert len(entry["signatures"]) == 9, len(entry["signatures"])  # 8, and the one that counts the rest
+    overflow = entry["signatures"][-1]
+    assert overflow["status"] == "eager" and "max_signatures" in overflow["reason"] and overflow["calls"] == 32

@@ -326,6 +326,10 @@ class SignatureRecord:
                 "watched": [w.describe() for w in self.watch.items] if self.watch is not None else []}
 
 
+#: The key of the one record that counts the calls of signatures past `max_signatures`.
+OVERFLOW = ("aitune: past max_signatures",)
+
+
 class SignatureTable:
     """The input signatures of one module, keyed as `signature_key` keys them."""
 
@@ -347,6 +351,12 @@ class SignatureTable:
         if sig is None:
             with self._lock:
                 sig = self.records.get(key)
+                if sig is None and self._full(name):
+                    overflow = self.records[OVERFLOW]
+                    with overflow.lock:
+                        overflow.calls += 1
+                        self.calls += 1
+                    return overflow, _tree.shapes_of(named)
                 if sig is None:
                     sig = SignatureRecord.from_call(key, named)
                     self._limit_values(sig, key, name)
@@ -359,6 +369,23 @@ class SignatureTable:
             sig.observe(shapes)
             self.calls += 1
         return sig, shapes
+
+    def _full(self, name: str) -> bool:
+        """Past `max_signatures` (global setting), new signatures are not made: their calls share one eager
+        record (`OVERFLOW`), made and logged the first time (caller holds `_lock`)."""
+        if OVERFLOW in self.records:
+            return True
+        from aitune.torch.config import config as global_config
+
+        limit = int(global_config.max_signatures)
+        if len(self.records) < limit:
+            return False
+        overflow = SignatureRecord(key=OVERFLOW, description=[], min_shapes=[], max_shapes=[], status="eager",
+                                   reason=f"more than {limit} input signatures (max_signatures): calls with a new "
+                                          "signature run eagerly, counted here")
+        self.records[OVERFLOW] = overflow
+        logger.info("%s: %s", name, overflow.reason)
+        return True
 
     def _limit_values(self, sig: SignatureRecord, key: Any, name: str) -> None:
         """Past `max_value_signatures` signatures that differ only in plain values (`model(x, step)` in a loop),

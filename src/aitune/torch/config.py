@@ -69,6 +69,11 @@ class GlobalConfig(TrackedSettings):
         default=4, ge=1,
         description="Input signatures of one module that differ only in plain Python values (a step counter, a "
                     "flag) tuned at most; later values run eagerly, with one log line.")
+    max_signatures: int = Field(
+        default=64, ge=1,
+        description="Input signatures kept per module (a list argument that grows on every call makes a new one "
+                    "each time); past it, calls with a new signature run eagerly and are counted together, with "
+                    "one log line, so memory and the report stay bounded.")
     tolerances: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_TOLERANCES),
         description="Per floating dtype name, the (rtol, atol) a candidate's outputs must meet against eager. "
