@@ -107,11 +107,10 @@ def record_call(sig: SignatureRecord, args: tuple[Any, ...], kwargs: dict[str, A
             changed = changes(before, after_call)
             if changed is not None:
                 sig.state_change = changed
-            elif sig.recorded_state is not None and changes(sig.recorded_state, before) is not None:
+            elif sig.recorded_state is not None and (between := changes(sig.recorded_state, before)) is not None:
                 # The script changed the module between recorded calls (`m.temperature = 0.25`): the samples
                 # so far show another computation; recording starts over from this call.
-                logger.debug("%s: %s changed between recorded calls; recording afresh", name,
-                             changes(sig.recorded_state, before))
+                logger.debug("%s: %s changed between recorded calls; recording afresh", name, between)
                 release_samples(sig)
                 sig.calls = 1
         sig.recorded_state = after_call
