@@ -73,6 +73,11 @@ def compare(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
     return problems
 
 
+def shorten(names: list[str], shown: int = 6) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def tuned(report_path: Path) -> list[str]:
     if not report_path.exists():
         return ["(no report)"]
@@ -114,7 +119,7 @@ def main() -> int:
                                                        "torch": torch.__version__, "runs": rows}, indent=1))
     for r in rows:
         print(f"{r['script']:14} {r['variant']:7} {r['seconds']:7.1f}s  {r['verdict']}"
-              + (f"  tuned: {', '.join(r['tuned'])}" if r.get("tuned") else ""))
+              + (f"  tuned: {shorten(r['tuned'])}" if r.get("tuned") else ""))
     return 1 if failed else 0
 
 

@@ -80,6 +80,19 @@ def test_a_near_miss_gets_a_suggestion_and_the_list(monkeypatch: pytest.MonkeyPa
     assert [type(b) for b in jit_settings.backends or []] == [TorchInductorJitBackend, ONNXRuntimeBackend]
 
 
+def test_several_bad_backend_names_are_all_named_and_the_list_is_printed_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AITUNE_JIT_BACKENDS", "inductr, eager, onnxrt, tensorrtt")
+    with pytest.raises(ConfigError) as err:
+        load_jit_config()
+    text = str(err.value)
+    for index, name, hint in ((0, "inductr", "TorchInductorJitBackend"), (2, "onnxrt", "ONNXRuntimeBackend"),
+                              (3, "tensorrtt", "TensorRTBackend")):
+        assert f"backends[{index}]: unknown backend {name!r}. Did you mean {hint!r}?" in text, text
+    assert "backends[1]" not in text
+    assert text.count("Registered backends:") == 1 and text.count("TorchTensorRTAotBackend") == 1, text
+
+
 def test_strategy_names_and_calls_of_aitune_scripts_are_accepted() -> None:
     import torch
 

@@ -62,19 +62,31 @@ def get_backend_class(name: str) -> type[Backend]:
     found = _REGISTRY.get(name)
     if found is not None:
         return found
+    by_name = _names_by_normalized()
     wanted = _normalized(name)
-    by_name = {_normalized(n): n for n in _REGISTRY}
-    by_name.update({short: full for short, full in SHORT_NAMES.items() if full in _REGISTRY})
     if wanted in by_name:
         return _REGISTRY[by_name[wanted]]
-    known = backend_names()
-    close = difflib.get_close_matches(wanted, list(by_name), n=1, cutoff=0.7)
-    hint = f" Did you mean {by_name[close[0]]!r}?" if close else ""
+    raise UnknownBackendError(f"unknown backend {name!r}.{closest_backend_hint(name)} {known_backends_text()}",
+                              field="backends") from None
+
+
+def _names_by_normalized() -> dict[str, str]:
+    by_name = {_normalized(n): n for n in _REGISTRY}
+    by_name.update({short: full for short, full in SHORT_NAMES.items() if full in _REGISTRY})
+    return by_name
+
+
+def closest_backend_hint(name: str) -> str:
+    """` Did you mean 'X'?` for a near miss of a registered or short name, else empty."""
+    by_name = _names_by_normalized()
+    close = difflib.get_close_matches(_normalized(name), list(by_name), n=1, cutoff=0.7)
+    return f" Did you mean {by_name[close[0]]!r}?" if close else ""
+
+
+def known_backends_text() -> str:
+    """The registered names and the short names, in one sentence."""
     shorts = ", ".join(sorted(short for short, full in SHORT_NAMES.items() if full in _REGISTRY))
-    raise UnknownBackendError(
-        f"unknown backend {name!r}.{hint} Registered backends: {', '.join(known)} (case does not matter; short "
-        f"names: {shorts})", field="backends"
-    ) from None
+    return f"Registered backends: {', '.join(backend_names())} (case does not matter; short names: {shorts})"
 
 
 def create_backend(name: str, options: dict[str, Any] | None = None) -> Backend:

@@ -28,6 +28,7 @@ from aitune.torch._settings._problems import SettingItemError, summarize_validat
 from aitune.torch._settings._sources import load_settings
 from aitune.torch._units import parse_byte_size
 from aitune.torch.backend import Backend, backend_names, create_backend, get_backend_class
+from aitune.torch.backend._registry import closest_backend_hint, known_backends_text
 from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import STRATEGY_NAMES
 
@@ -86,8 +87,9 @@ def _make_backend(index: int, item: Any) -> Backend:
         raise SettingItemError(f"backends[{index}]: {item!r} is not a backend name, table or Backend", index=index)
     try:
         return create_backend(name, options)
-    except UnknownBackendError as exc:
-        raise SettingItemError(f"backends[{index}]: {exc}", index=index) from None
+    except UnknownBackendError:  # the registered names are listed once, in the error's "accepted" line
+        raise SettingItemError(f"backends[{index}]: unknown backend {name!r}.{closest_backend_hint(name)}",
+                               index=index) from None
     except ValidationError as exc:
         first = exc.errors()[0].get("loc", ())
         allowed = ", ".join(get_backend_class(name).config_class.model_fields) or "none"
@@ -203,7 +205,7 @@ class JITConfig(TrackedSettings):
         if field_name == "backends":
             return ("a list of registered backend names (env: comma list or JSON list), Backend instances, or "
                     "tables/mappings with name and that backend's options; unset for the device defaults. "
-                    "Registered backends: " + ", ".join(backend_names()))
+                    + known_backends_text())
         if field_name == "mode":
             return ("one of " + ", ".join(m.value for m in JITMode) + " (case-insensitive; "
                     + ", ".join(m.name for m in JITMode) + " also work)")
@@ -245,7 +247,17 @@ class JITConfig(TrackedSettings):
             raise ValueError(f"expected a list of backends, got {type(value).__name__}")
         if not value:
             raise ValueError("an empty list would tune nothing; leave backends unset for the device defaults")
-        return [_to_backend(index, item) for index, item in enumerate(value)]
+        built, errors = [], []
+        for index, item in enumerate(value):  # every bad item is named at once, not one per attempt
+            try:
+                built.append(_to_backend(index, item))
+            except SettingItemError as exc:
+                errors.append(exc)
+        if len(errors) > 1:
+            raise SettingItemError("; ".join(map(str, errors)), index=errors[0].index, key=errors[0].key)
+        if errors:
+            raise errors[0]
+        return built
 
     @field_validator("strategy", mode="before")
     @classmethod
