@@ -47,6 +47,7 @@ class FakeConfig(BackendConfig):
     fail_run: bool = False
     new_sizes: bool = Field(default=False, description="claim to serve sizes beyond the checked range")
     error_above: int | None = Field(default=None, description="add 1.0 to outputs when dim 0 exceeds this")
+    graphs: bool = Field(default=False, description="claim to replay CUDA graphs (thread-bound engines)")
 
 
 class _FakeEngine(Engine):
@@ -57,8 +58,8 @@ class _FakeEngine(Engine):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append(type(self.module).__name__)
-        if self.cfg.latency_ms:
-            time.sleep(self.cfg.latency_ms / 1000)
+        if self.cfg.latency_ms or FakeBackend.slow_ms:
+            time.sleep((self.cfg.latency_ms + FakeBackend.slow_ms) / 1000)
         if self.cfg.fail_run:
             raise RuntimeError("engine exploded")
         out = torch.nn.Module._wrapped_call_impl(self.module, *args, **kwargs)
@@ -73,9 +74,14 @@ class FakeBackend(Backend):
     config_class = FakeConfig
     calls: ClassVar[list[str]] = []
     builds: ClassVar[list[str]] = []
+    #: Extra sleep of every engine call, set by a test once tuning is over: an engine slower in place than timed.
+    slow_ms: ClassVar[float] = 0.0
 
     def serves_new_sizes(self, device: torch.device) -> bool:
         return bool(self.config.new_sizes)  # type: ignore[attr-defined]
+
+    def uses_cuda_graphs(self, device: torch.device) -> bool:
+        return bool(self.config.graphs)  # type: ignore[attr-defined]
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:

@@ -190,6 +190,13 @@ class SignatureRecord:
     size_checks_left: int = 0
     #: The tolerances those confirmations compare with.
     size_tolerances: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
+    #: The thread a CUDA-graph engine was captured on (cudagraph state is thread-local): only its calls are
+    #: served by the engine, other threads' calls run eagerly. None for other engines.
+    graph_thread: int | None = None
+    #: Calls from other threads that ran eagerly because of `graph_thread`.
+    other_thread_calls: int = 0
+    #: The in-place check of its engine (`_signature._inplace.InPlaceCheck`), kept for the report.
+    inplace: Any = field(default=None, repr=False)
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -218,6 +225,10 @@ class SignatureRecord:
         """Serve this signature with an accepted candidate (a `CandidateResult`) from now on."""
         self.engine = result.engine
         self.backend_obj = result.backend_obj
+        backend = result.backend_obj
+        device = torch.device(self.description[0]["device"]) if self.description else torch.device("cpu")
+        graphs = backend is not None and backend.uses_cuda_graphs(device)
+        self.graph_thread = threading.get_ident() if graphs else None
         self.backend = type(result.backend_obj).__name__ if result.backend_obj is not None else result.backend
         self.backend_description = result.backend
         self.tuned_latency_ms = result.latency_ms
@@ -319,11 +330,13 @@ class SignatureRecord:
         return {"status": self.status, "backend": self.backend, "backend_description": self.backend_description,
                 "reason": self.reason, "calls": self.calls,
                 "engine_calls": self.engine_calls, "out_of_range_calls": self.out_of_range_calls,
+                "other_thread_calls": self.other_thread_calls,
                 "eager_latency_ms": _round(self.eager_latency_ms), "tuned_latency_ms": _round(self.tuned_latency_ms),
                 "cache": self.cache, "inputs": inputs, "candidates": self.candidates,
                 "open_dims": self.open_dims, "not_tried": dict(self.not_tried),
                 "recorded_eager_ms": _round(statistics.median(self.recorded_ms)) if self.recorded_ms else None,
-                "watched": [w.describe() for w in self.watch.items] if self.watch is not None else []}
+                "watched": [w.describe() for w in self.watch.items] if self.watch is not None else [],
+                "inplace": self.inplace.to_report() if self.inplace is not None else None}
 
 
 #: The key of the one record that counts the calls of signatures past `max_signatures`.

@@ -97,6 +97,12 @@ class GlobalConfig(TrackedSettings):
                     "eagerly and the engine on copies of its inputs, and returns eager's result); 0 trusts the "
                     "check on stored samples alone. The same number of calls at new sizes is confirmed so before an "
                     "engine that compiles sizes symbolically serves sizes it was not tuned on.")
+    inplace_check_calls: int = Field(
+        default=16, ge=0,
+        description="After an engine starts serving, its next calls take turns with eager in four blocks, and the "
+                    "time from one call to the next is compared in place: an engine that is not faster there (it "
+                    "slows the code around it, or is slower inside the script than on its own) is dropped, logged "
+                    "and reported. This many calls per check; 0 turns the check off.")
     archive_max_members: int = Field(
         default=10_000, ge=1, description="A checkpoint or engine archive with more members is refused unopened.")
     archive_max_member_bytes: int = Field(

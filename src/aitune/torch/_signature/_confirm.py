@@ -23,6 +23,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._checking import compare_outputs
 from aitune.torch._samples import SignatureRecord
+from aitune.torch._signature._inplace import ACTIVITY
 from aitune.torch._signature._rng import rng_kept
 from aitune.torch.backend._base import Engine
 
@@ -107,6 +108,7 @@ def shadow(engine: Engine, eager: Callable[[], Any], args: tuple[Any, ...], kwar
     """Serve a call with `eager()` and run `engine` on `copies` of its inputs (inside `own_work()`, the random
     generators kept): (eager's output, why the engine disagreed, or None when its outputs and its in-place input
     changes matched eager's). An error of the engine is a disagreement, unless `raise_errors`."""
+    ACTIVITY.bump()
     out = eager()
     try:
         with own_work(), rng_kept():

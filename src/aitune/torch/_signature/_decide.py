@@ -22,6 +22,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
+from aitune.torch._signature._inplace import ACTIVITY, InPlaceCheck
 from aitune.torch._signature._purity import Purity, Watch, probe
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
@@ -124,6 +125,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
         sig.status = "tuning"
         samples = list(sig.samples)
     label = label or name
+    ACTIVITY.bump()
     start = time.perf_counter()
     outcome: TuneOutcome | None = None
     error: BaseException | None = None
@@ -146,6 +148,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)
         error = e
     decision = Decision(name, outcome, error, time.perf_counter() - start, strict)
+    ACTIVITY.bump()
     commit(sig, decision, samples, reference, label, watch=chosen.watch if chosen is not None else None)
     return decision
 
@@ -154,7 +157,8 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
-    - while several threads call modules, no backend that builds with torch.export (`Backend.exports_program`);
+    - while several threads call modules, no backend that builds with torch.export (`Backend.exports_program`)
+      and none that captures CUDA graphs;
     - a call whose outputs hold Python numbers only by backends that run the module's Python (kind "jit");
     - a call whose output aliases a parameter, buffer or input (`sig.aliases`) only by backends that keep that;
     - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
@@ -169,6 +173,9 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         plan = _narrowed(sig, plan, lambda b: not b.exports_program(), name,
                          "several threads call modules, and torch.export (which it builds with) patches torch for "
                          "the whole process while it traces")
+        plan = _narrowed(sig, plan, lambda b: not b.uses_cuda_graphs(device), name,
+                         "several threads call modules, and a CUDA graph serves only the thread that captured it "
+                         "(and cannot be captured safely while other threads run on the GPU)")
     if any(_holds_numbers(s.outputs) for s in samples):
         plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          "its outputs hold Python numbers (perhaps computed from the data), which an exported engine, "
@@ -277,10 +284,12 @@ def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], 
         sig.install_engine(winner, outcome.eager_latency_ms)
         backend = winner.backend_obj
         sig.watch = watch if watch and backend is not None and backend.kind != "jit" else None
-        if backend is not None and backend.serves_new_sizes(first_device(samples)):
-            from aitune.torch.config import config as global_config
+        from aitune.torch.config import config as global_config
 
+        if backend is not None and backend.serves_new_sizes(first_device(samples)):
             sig.open_sizes(int(global_config.confirm_calls), dict(global_config.tolerances))
+        check_calls = int(global_config.inplace_check_calls)
+        sig.inplace = InPlaceCheck(check_calls) if check_calls > 0 else None
         release_samples(sig)
         eager, tuned = outcome.eager_latency_ms, winner.latency_ms
         speed = f", {eager / tuned:.2f}x faster ({eager:.3f} ms -> {tuned:.3f} ms)" if eager and tuned else ""

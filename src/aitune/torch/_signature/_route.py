@@ -31,6 +31,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._confirm import EngineRejected, LiveCheck, shadow
+from aitune.torch._signature._inplace import InPlaceCheck
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ CALLERS = CallerThreads()
 
 
 def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str,
-           module: torch.nn.Module | None = None) -> Route:
-    """Where a call of `sig` of `module` with these tensor shapes goes."""
+           module: torch.nn.Module | None = None, on_revert: Callable[[str], None] | None = None) -> Route:
+    """Where a call of `sig` of `module` with these tensor shapes goes. `on_revert(reason)` is called when the
+    in-place check (`_inplace`) drops the signature's engine, after the signature was left eager."""
     CALLERS.note()
     status = sig.status
     if status == "tuned" and sig.watch is not None and module is not None:
@@ -136,8 +138,14 @@ def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str,
             _watched_value_changed(sig, name, changed)
             status = sig.status
     if status == "tuned":
+        if sig.graph_thread is not None and sig.engine is not None and threading.get_ident() != sig.graph_thread:
+            _other_thread(sig, name)
+            return "eager"
         if sig.engine is not None and sig.in_engine_range(shapes):
-            return "engine"
+            check = sig.inplace
+            if check is None or check.verdict != "running" or isinstance(sig.engine, LiveCheck):
+                return "engine"
+            return _in_place_step(sig, check, name, on_revert)
         if sig.engine is not None and sig.fits_open_dims(shapes) and not isinstance(sig.engine, LiveCheck):
             if sig.size_checks_left > 0:
                 return "confirm_size"
@@ -147,6 +155,38 @@ def choose(sig: SignatureRecord, shapes: tuple[tuple[int, ...], ...], name: str,
         sig.count_out_of_range(name)
         return "eager"
     return "record" if status == "recording" else "eager"
+
+
+def _other_thread(sig: SignatureRecord, name: str) -> None:
+    sig.other_thread_calls += 1
+    if sig.other_thread_calls == 1:
+        logger.info("%s: its %s engine replays CUDA graphs, which serve only the thread that captured them; calls "
+                    "from other threads run eagerly", name, sig.backend_description or "")
+
+
+def _in_place_step(sig: SignatureRecord, check: InPlaceCheck, name: str,
+                   on_revert: Callable[[str], None] | None) -> Route:
+    """One call of the in-place check: engine or eager by its turn; at its end, keep the engine or drop it."""
+    with sig.lock:
+        if sig.inplace is not check:
+            return "engine" if sig.engine is not None else "eager"
+        step = check.route()
+        if step != "done":
+            return step
+        if check.verdict != "reverted":
+            if check.verdict == "kept":
+                logger.info("%s: in place the %s engine is faster too (%.3f ms vs %.3f ms eager between calls)",
+                            name, sig.backend_description or "", check.engine_ms, check.eager_ms)
+            return "engine"
+        description = sig.backend_description or sig.backend or "its"
+        reason = f"the {description} engine was dropped: {check.why}"
+        drop_engine(sig)
+        sig.status = "eager"
+        sig.reason = reason[:500]
+    logger.info("%s: %s; it runs eagerly", name, reason)
+    if on_revert is not None:
+        on_revert(reason)
+    return "eager"
 
 
 def _watched_value_changed(sig: SignatureRecord, name: str, what: str) -> None:

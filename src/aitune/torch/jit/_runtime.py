@@ -90,7 +90,7 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
         assert table is not None
         try:
             sig, shapes = table.lookup(args, kwargs, st.name)
-            route = choose(sig, shapes, st.name, module)
+            route = choose(sig, shapes, st.name, module, on_revert=lambda why: _reverted_in_place(st, why))
         except AITuneError:
             raise
         except Exception as e:  # aitune's own logic failed (not the user's forward): the fail-open policy
@@ -150,6 +150,19 @@ def _call_tracked(st: ModuleState, module: torch.nn.Module, args: tuple[Any, ...
         return _original_call(module, *args, **kwargs)
     finally:
         stack.pop()
+
+
+def _reverted_in_place(st: ModuleState, reason: str) -> None:
+    """The in-place check dropped an engine of the module: with no other engine left, it is a module that could
+    not be made faster, and its children are tried."""
+    with LOCK:
+        if st.status != "active" or any(s.status == "tuned" for s in st.signatures.values()):
+            return
+        _tracker.reopen_descendants(st)
+        _tracker.give_up(st, "eager", reason, SETTINGS)
+        children = [c.name for c in st.children if c.status == "active"]
+    if children:
+        logger.info("%s: trying its children instead: %s", st.name, ", ".join(children))
 
 
 def _tell(st: ModuleState, what: str, message: str) -> None:

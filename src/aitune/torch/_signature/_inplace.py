@@ -1,0 +1,122 @@
+"""The in-place check: after an engine starts serving, is the script really faster with it?
+
+A candidate timed faster on its own can be slower inside the running script: an ONNX Runtime engine's spinning
+thread pool competes with torch's threads for the cores, a CUDA-graph engine's output copies cost more than its
+launches save, a child engine's speedup vanishes in its parent's traffic. So for its first `calls` routed calls
+(`inplace_check_calls`) a freshly installed engine takes turns with eager in blocks (engine, eager, engine,
+eager, ... a quarter of the window each), and what is timed is the *period* of the module's calls: from the start
+of one call to the start of the next. A period holds the call and whatever the script did until it called again,
+so an engine that slows the code around it is caught as well as one that is slow itself. After the window the
+median period under each route is compared: an engine whose median is not below eager's is dropped, with its
+figures logged and in the report (`inplace`), and the front carries on as for a module that could not be made
+faster (JIT mode: its children are tried).
+
+Periods during which aitune did its own work (tuning anything, confirming an engine on a live call) are left
+out (`ACTIVITY`); when too few remain the window is run again, up to three times, and then the engine stays
+(inconclusive). A module called from several threads is not checked: its periods would interleave.
+
+Known limit: on CUDA nothing is synchronized, so a script that never waits for the GPU is compared on how fast
+its calls are issued until the GPU's queue fills, and on how fast the GPU runs them after that.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any, Literal
+
+#: Each block is this share of the window.
+BLOCKS = 4
+#: Windows run before an inconclusive check gives up (the engine then stays).
+MAX_WINDOWS = 3
+#: Periods needed under each route for a verdict.
+MIN_PERIODS = 3
+
+Verdict = Literal["running", "kept", "reverted", "inconclusive", "skipped"]
+
+
+class Activity:
+    """Counts aitune's own work that takes time inside a user's call (tuning, live confirmations): a period
+    during which the count moved is not a period of the user's script alone."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
+
+
+ACTIVITY = Activity()
+
+
+class InPlaceCheck:
+    """The in-place A/B of one signature's engine (see the module docstring). `route()` is called at the start of
+    every call routed to the engine's range (caller holds the signature's lock)."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = max(BLOCKS, calls)
+        self.block = max(1, self.calls // BLOCKS)
+        self.periods: dict[str, list[float]] = {"engine": [], "eager": []}
+        self.verdict: Verdict = "running"
+        self.engine_ms: float | None = None
+        self.eager_ms: float | None = None
+        self.why: str | None = None
+        self._seen = 0  # calls of the current window
+        self._windows = 1
+        self._last: tuple[float, str, int] | None = None  # the previous call: start, route, activity count
+        self._thread = threading.get_ident()
+
+    def route(self, now: float | None = None) -> Literal["engine", "eager", "done"]:
+        """Where this call goes: "engine" or "eager" while the check runs, "done" once it has a verdict."""
+        if self.verdict != "running":
+            return "done"
+        now = time.perf_counter() if now is None else now
+        if threading.get_ident() != self._thread:
+            self._finish("skipped", "calls come from several threads")
+            return "done"
+        last, activity = self._last, ACTIVITY.value
+        if last is not None and last[2] == activity:
+            self.periods[last[1]].append(now - last[0])
+        if self._seen >= self.calls:
+            if self._conclude():
+                return "done"
+        route: Literal["engine", "eager"] = "engine" if (self._seen // self.block) % 2 == 0 else "eager"
+        self._seen += 1
+        self._last = (now, route, activity)
+        return route
+
+    def _conclude(self) -> bool:
+        """At the end of a window: a verdict when there are enough periods, else another window (or give up)."""
+        engine, eager = self.periods["engine"], self.periods["eager"]
+        if len(engine) >= MIN_PERIODS and len(eager) >= MIN_PERIODS:
+            self.engine_ms = statistics.median(engine) * 1e3
+            self.eager_ms = statistics.median(eager) * 1e3
+            if self.engine_ms < self.eager_ms:
+                self._finish("kept", None)
+            else:
+                self._finish("reverted", f"in place it was not faster than eager: {self.engine_ms:.3f} ms vs "
+                                         f"{self.eager_ms:.3f} ms between calls (median of {len(engine)} and "
+                                         f"{len(eager)} calls)")
+            return True
+        if self._windows >= MAX_WINDOWS:
+            self._finish("inconclusive", f"too few undisturbed calls ({len(engine)} with the engine, {len(eager)} "
+                                         "eager); the engine stays")
+            return True
+        self._windows += 1
+        self._seen = 0
+        return False
+
+    def _finish(self, verdict: Verdict, why: str | None) -> None:
+        self.verdict = verdict
+        self.why = why
+        self._last = None
+
+    def to_report(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "engine_period_ms": _round(self.engine_ms),
+                "eager_period_ms": _round(self.eager_ms), "engine_calls": len(self.periods["engine"]),
+                "eager_calls": len(self.periods["eager"]), "window_calls": self.calls, "why": self.why}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
