@@ -49,3 +49,23 @@ def test_config_validation() -> None:
         TorchInductorJitBackend(mode="fastest")
     assert TorchInductorJitBackend(mode="reduce-overhead").describe() == \
         "TorchInductorJitBackend(mode='reduce-overhead')"
+
+
+def test_frozen_engine_serves_and_is_dropped_when_weights_change() -> None:
+    """Inductor with weight freezing for real: the graph takes the weights as constants (folded, repacked or laid
+    out anew where that pays, so a change made in place afterwards may not reach it), so aitune drops the engine
+    on a weight change and runs eagerly, as for any engine holding a copy of the weights."""
+    backend = TorchInductorJitBackend(freezing=True)
+    assert backend.bakes_weights and not TorchInductorJitBackend().bakes_weights
+    assert backend.describe() == "TorchInductorJitBackend(freezing=True)"
+    entry, net = tune_net_in_jit_mode(backend)
+    assert entry["state"] == "tuned" and entry["backend"] == "TorchInductorJitBackend", entry
+    sig = _tracker.STATES[id(net)].tuned_signature()
+    assert sig is not None and sig.engine is not None and sig.engine.bakes_weights
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2)
+        got = net(x)
+    torch.testing.assert_close(got, torch.nn.Module._wrapped_call_impl(net, x))
+    assert sig.engine is None and _tracker.STATES[id(net)].report_state() == "recording"

@@ -34,7 +34,7 @@ class Engine(abc.ABC):
     #: True when the engine holds its own copy of the weights (TensorRT, ONNX Runtime, AOT packages), so
     #: any in-place change of the module's parameters makes it stale. Engines that read the live parameters
     #: (torch.compile) keep following them.
-    bakes_weights: ClassVar[bool] = False
+    bakes_weights: bool = False
 
     @abc.abstractmethod
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -62,8 +62,9 @@ class Backend(abc.ABC):
     #: Name of the pip extra that installs the backend's optional library, if it has one.
     extra: ClassVar[str | None] = None
     #: True when its engines hold their own copy of the weights (see `Engine.bakes_weights`): such backends are
-    #: not tried again for a module whose weights changed in place under one of their engines.
-    bakes_weights: ClassVar[bool] = False
+    #: not tried again for a module whose weights changed in place under one of their engines. Set per instance
+    #: where it depends on the settings (TorchInductorJitBackend with `freezing`).
+    bakes_weights: bool = False
     #: True when its engines carry autograd (outputs with a graph, backward as eager's): only such backends serve
     #: calls that need it (grad enabled, parameters or inputs requiring grad).
     supports_autograd: ClassVar[bool] = False

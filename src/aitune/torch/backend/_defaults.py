@@ -2,7 +2,9 @@
 
 On CUDA: TensorRT (plain and with CUDA graphs) and Torch-TensorRT where their libraries import, TorchInductor
 in its default mode and with CUDA graphs (mode="reduce-overhead": at small batch, launch overhead dominates
-and CUDA graphs are where most of the speed is), and ONNX Runtime where it has a CUDA execution provider.
+and CUDA graphs are where most of the speed is), the same with weight freezing (the weights become constants:
+folded, and laid out for the kernels, e.g. convolution weights in channels-last), and ONNX Runtime where it has
+a CUDA execution provider.
 On the CPU: TorchInductor and ONNX Runtime. Eager is not a candidate: every candidate is measured against it.
 
 A backend left out because its library is missing, or because it declines the device, is named once per process
@@ -28,6 +30,7 @@ _CUDA: list[tuple[str, dict[str, Any]]] = [
     ("TorchTensorRTJitBackend", {}),
     ("TorchInductorJitBackend", {}),
     ("TorchInductorJitBackend", {"mode": "reduce-overhead"}),
+    ("TorchInductorJitBackend", {"mode": "reduce-overhead", "freezing": True}),
     ("ONNXRuntimeBackend", {}),
 ]
 _CPU: list[tuple[str, dict[str, Any]]] = [

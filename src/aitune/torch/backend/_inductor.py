@@ -1,7 +1,10 @@
 """TorchInductorJitBackend: `torch.compile` with the Inductor compiler.
 
 The compiled function reads the module's live parameters, so in-place weight updates keep flowing through it;
-torch.compile's own guards recompile on parameter replacement. Every recorded shape is run during the build,
+torch.compile's own guards recompile on parameter replacement. With `freezing=True` (Inductor's weight freezing:
+parameters become constants of the graph, folded and laid out for the kernels, e.g. convolution weights in
+channels-last) the engine holds its own copy of the weights instead, and is dropped like an ONNX Runtime engine
+when they change; freezing applies to calls without grad, the others compile as usual. Every recorded shape is run during the build,
 so automatic-dynamic recompiles happen while tuning rather than on a user's call.
 Known limit: with mode="reduce-overhead" (CUDA graphs) outputs live in graph-owned memory; the engine returns
 copies so a caller keeping an earlier output never sees it overwritten.
@@ -55,6 +58,9 @@ class TorchInductorJitBackendConfig(BackendConfig):
         default=None, description="True: dynamic shapes from the start; False: static; None: automatic.")
     options: dict[str, Any] | None = Field(
         default=None, description="Inductor config options (torch.compile's `options`); exclusive with mode.")
+    freezing: bool = Field(
+        default=False, description="Inductor weight freezing (inference): the weights become constants of the "
+                                   "graph; the engine is dropped when they change.")
     autocast_enabled: bool = Field(default=False, description="Run the engine under torch.autocast.")
     autocast_dtype: Literal["float16", "bfloat16"] | None = Field(
         default=None, description="Autocast dtype (default: float16 on CUDA, bfloat16 on CPU); a name or a "
@@ -104,8 +110,10 @@ def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
 
 class CompiledEngine(Engine):
     def __init__(self, module: torch.nn.Module, compiled: Any, *, copy_outputs: bool,
-                 autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:
+                 autocast: torch.autocast | None, compute_dtype: torch.dtype | None,
+                 bakes_weights: bool = False) -> None:
         self._module = weakref.ref(module)
+        self.bakes_weights = bakes_weights
         self._compiled = compiled
         self._copy_outputs = copy_outputs
         self._autocast = autocast
@@ -132,6 +140,10 @@ class TorchInductorJitBackend(Backend):
 
     config: TorchInductorJitBackendConfig
 
+    def __init__(self, config: BackendConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.bakes_weights = self.config.freezing
+
     def uses_cuda_graphs(self, device: torch.device) -> bool:
         cfg = self.config
         return device.type == "cuda" and (
@@ -139,8 +151,8 @@ class TorchInductorJitBackend(Backend):
 
     def keeps_aliases(self, device: torch.device) -> bool:
         # AOTAutograd hands back outputs that alias graph inputs (parameters, buffers, arguments) as those inputs
-        # or views of them; CUDA-graph engines return copies.
-        return not self.uses_cuda_graphs(device)
+        # or views of them; CUDA-graph engines return copies, and a frozen graph may return a folded constant.
+        return not self.uses_cuda_graphs(device) and not self.config.freezing
 
     def serves_new_sizes(self, device: torch.device) -> bool:
         # Dynamo compiles a dimension symbolically once it has seen it vary (every sample runs in the build); with
@@ -151,14 +163,18 @@ class TorchInductorJitBackend(Backend):
               device: torch.device) -> Engine:
         cfg = self.config
         kwargs: dict[str, Any] = {"backend": "inductor", "fullgraph": cfg.fullgraph, "dynamic": cfg.dynamic}
-        if cfg.mode is not None:
+        if cfg.freezing:
+            # torch.compile takes a mode or options, not both: the mode is spelled as its options.
+            kwargs["options"] = {**torch._inductor.list_mode_options(cfg.mode or "default"), **(cfg.options or {}),
+                                 "freezing": True}
+        elif cfg.mode is not None:
             kwargs["mode"] = cfg.mode
-        if cfg.options:
+        if cfg.options and not cfg.freezing:
             kwargs["options"] = dict(cfg.options)
         # Compile the module's forward: its own hooks run around the engine, and a frame that falls back to Python
         # never re-enters the patched __call__ of this module.
         compiled = torch.compile(entry_point(module), **kwargs)
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         engine = CompiledEngine(module, compiled, copy_outputs=self.uses_cuda_graphs(device), autocast=autocast,
-                                 compute_dtype=compute_dtype)
+                                 compute_dtype=compute_dtype, bakes_weights=cfg.freezing)
         return compile_on_samples(engine, samples)
