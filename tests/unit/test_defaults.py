@@ -31,11 +31,6 @@ def test_cpu_defaults_are_inductor_and_onnxruntime_when_installed() -> None:
 def test_cuda_defaults_include_cuda_graph_variants() -> None:
     names = _names("cuda")
     assert names.index("TorchInductorJitBackend") < names.index("TorchInductorJitBackend(mode='reduce-overhead')")
-    # The frozen variant: weights baked into the graph, so the backend counts as holding a copy of them.
-    frozen = "TorchInductorJitBackend(mode='reduce-overhead', freezing=True)"
-    assert frozen in names
-    backends = {b.describe(): b for b in _defaults.default_backends(torch.device("cuda"))}
-    assert backends[frozen].bakes_weights and not backends["TorchInductorJitBackend"].bakes_weights
     # TensorRT only with the full library (TensorRT-RTX does not run engines on data-center GPUs).
     has_trt = _optional.installed("tensorrt")
     assert ("TensorRTBackend" in names) == has_trt
