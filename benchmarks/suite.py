@@ -3,6 +3,8 @@ each torch.compile mode (and channels_last where it applies), and under aitune's
 
     python benchmarks/suite.py --out benchmarks/results/suite_h200 [--models resnet50,bert_base,vit_b16]
         [--batches 1,32] [--modes eager,default,reduce-overhead,max-autotune-no-cudagraphs,aitune] [--iters 60]
+    python benchmarks/suite.py --out benchmarks/results/suite_cpu --models bert_small,cnn_small --batches 1,8 \
+        --modes eager,default,aitune --iters 40          # the CPU (fp32; no CUDA graphs there)
 
 Each cell is a fresh interpreter running benchmarks/scripts/infer_model.py. Per cell: steady-state latency (median
 of the last half of the calls, each synchronized), the time from the script's start to the end of its first fast
@@ -34,7 +36,7 @@ import torch
 
 SCRIPT = Path(__file__).parent / "scripts" / "infer_model.py"
 HAND = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-CONV = {"resnet50"}
+CONV = {"resnet50", "cnn_small"}
 
 
 def _floats(name: str, text: str) -> list[float]:

@@ -1,9 +1,11 @@
 """A plain inference script for the benchmark suite: one of torchvision ResNet-50, transformers BERT-base (seq
 128) or timm ViT-B/16, random weights, fp16 on CUDA (fp32 on the CPU), called BENCH_ITERS times on one batch.
+For the CPU, two smaller models that need no torchvision or timm: bert_small (BERT, 4 layers of width 256, seq
+128) and cnn_small (the README example's in-script ResNet, 224x224).
 
 Knows nothing of aitune. It compiles by hand only when asked, the way a user would:
 
-    BENCH_MODEL=resnet50|bert_base|vit_b16   BENCH_BATCH=1   BENCH_ITERS=60
+    BENCH_MODEL=resnet50|bert_base|vit_b16|bert_small|cnn_small   BENCH_BATCH=1   BENCH_ITERS=60
     BENCH_COMPILE=eager|default|reduce-overhead|max-autotune-no-cudagraphs   (torch.compile's mode; eager: none)
     BENCH_CHANNELS_LAST=1   (model and input in channels_last; convolutional models only)
 
@@ -38,13 +40,23 @@ elif name == "vit_b16":
 
     model = timm.create_model("vit_base_patch16_224", pretrained=False)
     inputs = (torch.randn(batch, 3, 224, 224),)
-elif name == "bert_base":
+elif name in ("bert_base", "bert_small"):
     from transformers import BertConfig, BertModel
 
-    model = BertModel(BertConfig())
+    small = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+    model = BertModel(BertConfig(**(small if name == "bert_small" else {})))
     inputs = (torch.randint(0, 30000, (batch, 128)), torch.ones(batch, 128, dtype=torch.long))
+elif name == "cnn_small":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from infer_cnn import SmallResNet
+
+    model = SmallResNet()
+    inputs = (torch.randn(batch, 3, 224, 224),)
 else:
-    raise SystemExit(f"BENCH_MODEL={name!r}: one of resnet50, bert_base, vit_b16")
+    raise SystemExit(f"BENCH_MODEL={name!r}: one of resnet50, bert_base, vit_b16, bert_small, cnn_small")
 model = model.eval().to(device, dtype)
 inputs = tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in inputs)
 if channels_last:
