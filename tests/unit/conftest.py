@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.helpers import PAYLOAD_C
+from tests.unit.helpers import PAYLOAD_C, FakeBackend
 
 
 @pytest.fixture
@@ -21,6 +21,22 @@ def fast_tuning() -> None:
     global_config.timing_warmup = 0
     global_config.timing_iterations = 3
     global_config.timing_max_seconds = 0.5
+
+
+@pytest.fixture
+def fake_backend() -> None:
+    """JIT mode with the fake backend as the only candidate (tests/unit/helpers.py), tuning after two calls, any
+    correct engine accepted, timed briefly (the root conftest resets the settings after each test)."""
+    from aitune.torch.config import config as global_config
+    from aitune.torch.jit.config import config as jit_config
+
+    FakeBackend.calls.clear()
+    FakeBackend.builds.clear()
+    jit_config.backends = [FakeBackend()]
+    jit_config.min_samples = 2
+    global_config.min_speedup = 1e-6
+    global_config.timing_iterations = 2
+    global_config.timing_warmup = 0
 
 
 @pytest.fixture(scope="session")

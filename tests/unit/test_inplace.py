@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,19 +15,6 @@ from aitune.torch.jit import _tracker, enable_jit_tuning
 from aitune.torch.jit.config import config as jit_config
 
 from .helpers import FakeBackend, Net
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    FakeBackend.calls.clear()
-    FakeBackend.builds.clear()
-    monkeypatch.setattr(FakeBackend, "slow_ms", 0.0)
-    jit_config.backends = [FakeBackend()]
-    jit_config.min_samples = 2
-    global_config.min_speedup = 1e-6
-    global_config.timing_iterations = 2
-    global_config.timing_warmup = 0
-    yield
 
 
 def drive(check: InPlaceCheck, periods: dict[str, float], calls: int) -> list[str]:
@@ -89,7 +75,7 @@ def tune(net: Net, x: torch.Tensor) -> None:
 
 
 def test_an_engine_slower_in_place_is_dropped_and_its_children_tried(
-        fake: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        fake_backend: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     global_config.inplace_check_calls = 8
     net, x = Net().eval(), torch.randn(4, 16)
     tune(net, x)
@@ -112,7 +98,7 @@ def test_an_engine_slower_in_place_is_dropped_and_its_children_tried(
     assert "trying its children instead" in caplog.text
 
 
-def test_an_engine_faster_in_place_keeps_serving(fake: None) -> None:
+def test_an_engine_faster_in_place_keeps_serving(fake_backend: None) -> None:
     global_config.inplace_check_calls = 8
     net, x = Net().eval(), torch.randn(4, 16)
     tune(net, x)
@@ -127,7 +113,7 @@ def test_an_engine_faster_in_place_keeps_serving(fake: None) -> None:
         assert sig.engine is not None and len(FakeBackend.calls) == 12 - 4
 
 
-def test_zero_turns_the_check_off(fake: None) -> None:
+def test_zero_turns_the_check_off(fake_backend: None) -> None:
     global_config.inplace_check_calls = 0
     net, x = Net().eval(), torch.randn(4, 16)
     tune(net, x)
@@ -139,7 +125,7 @@ def test_zero_turns_the_check_off(fake: None) -> None:
     assert next(iter(_tracker.STATES[id(net)].signatures.values())).inplace is None
 
 
-def test_a_cuda_graph_engine_serves_only_its_own_thread(fake: None) -> None:
+def test_a_cuda_graph_engine_serves_only_its_own_thread(fake_backend: None) -> None:
     global_config.inplace_check_calls = 0
     jit_config.backends = [FakeBackend(graphs=True)]
     net, x = Net().eval(), torch.randn(4, 16)
@@ -162,7 +148,7 @@ def test_a_cuda_graph_engine_serves_only_its_own_thread(fake: None) -> None:
     torch.testing.assert_close(got[0], torch.nn.Module._wrapped_call_impl(net, x))
 
 
-def test_with_several_calling_threads_no_cuda_graph_backend_is_tried(fake: None) -> None:
+def test_with_several_calling_threads_no_cuda_graph_backend_is_tried(fake_backend: None) -> None:
     jit_config.backends = [FakeBackend(graphs=True), FakeBackend()]
     enable_jit_tuning()
     net, x = Net().eval(), torch.randn(4, 16)

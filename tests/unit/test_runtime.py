@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,18 +16,6 @@ from aitune.torch.jit import _report, _tracker, enable_jit_tuning
 from aitune.torch.jit.config import config as jit_config
 
 from .helpers import FakeBackend, Net
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    FakeBackend.calls.clear()
-    FakeBackend.builds.clear()
-    jit_config.backends = [FakeBackend()]
-    jit_config.min_samples = 2
-    global_config.min_speedup = 1e-6
-    global_config.timing_iterations = 2
-    global_config.timing_warmup = 0
-    yield
 
 
 def state(module: torch.nn.Module) -> _tracker.ModuleState:
@@ -51,7 +38,7 @@ def tuned_net() -> tuple[Net, torch.Tensor]:
     return net, x
 
 
-def test_top_module_is_tuned_and_routed(fake: None) -> None:
+def test_top_module_is_tuned_and_routed(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
     x = torch.randn(4, 16)
@@ -68,7 +55,7 @@ def test_top_module_is_tuned_and_routed(fake: None) -> None:
     assert "Net.blocks.0" in names and "Net.blocks.0.fc" in names and "Net.head" in names
 
 
-def test_positional_and_keyword_calls_share_a_signature(fake: None) -> None:
+def test_positional_and_keyword_calls_share_a_signature(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.min_samples = 3
     net = Net().eval()
@@ -83,7 +70,7 @@ def test_positional_and_keyword_calls_share_a_signature(fake: None) -> None:
     assert sorted(s.calls for s in sigs.values()) == [2, 2]
 
 
-def test_new_dtype_rank_or_value_is_a_new_signature_and_runs_eagerly(fake: None) -> None:
+def test_new_dtype_rank_or_value_is_a_new_signature_and_runs_eagerly(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
     x = torch.randn(4, 16)
@@ -100,7 +87,7 @@ def test_new_dtype_rank_or_value_is_a_new_signature_and_runs_eagerly(fake: None)
     assert len(state(net).signatures) == 3
 
 
-def test_shapes_outside_the_recorded_range_run_eagerly(fake: None) -> None:
+def test_shapes_outside_the_recorded_range_run_eagerly(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
     with torch.no_grad():
@@ -116,7 +103,7 @@ def test_shapes_outside_the_recorded_range_run_eagerly(fake: None) -> None:
     assert sig.min_shapes == [[2, 16]] and sig.max_shapes == [[9, 16]] or sig.out_of_range_calls == 1
 
 
-def test_samples_are_copies_and_capped(fake: None) -> None:
+def test_samples_are_copies_and_capped(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.min_samples = 10
     global_config.max_num_samples_stored = 2
@@ -131,7 +118,7 @@ def test_samples_are_copies_and_capped(fake: None) -> None:
     assert float(sig.samples[0].args[0].abs().max()) < 50
 
 
-def test_byte_cap_stops_storing_samples(fake: None) -> None:
+def test_byte_cap_stops_storing_samples(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.min_samples = 10
     global_config.max_samples_bytes = 100
@@ -141,7 +128,7 @@ def test_byte_cap_stops_storing_samples(fake: None) -> None:
     assert all(not s.samples for s in state(net).signatures.values())
 
 
-def test_training_mode_is_not_recorded_nor_routed(fake: None) -> None:
+def test_training_mode_is_not_recorded_nor_routed(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net()
     x = torch.randn(4, 16)
@@ -158,7 +145,7 @@ def test_training_mode_is_not_recorded_nor_routed(fake: None) -> None:
     assert out.requires_grad and FakeBackend.calls == []
 
 
-def test_failed_top_module_hands_over_to_children(fake: None) -> None:
+def test_failed_top_module_hands_over_to_children(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.backends = [FakeBackend(error=1.0)]  # wrong outputs: always rejected
     net = Net().eval()
@@ -175,7 +162,7 @@ def test_failed_top_module_hands_over_to_children(fake: None) -> None:
         torch.testing.assert_close(net(x), eager(net, x))
 
 
-def test_skip_min_parameters_and_depth_limits(fake: None) -> None:
+def test_skip_min_parameters_and_depth_limits(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.skip_modules = ["Net"]
     jit_config.min_parameters = 100
@@ -191,7 +178,7 @@ def test_skip_min_parameters_and_depth_limits(fake: None) -> None:
     assert all(g.status == "pending" for c in st.children for g in c.children)  # depth 2 > 1
 
 
-def test_excluded_packages_are_untracked(fake: None) -> None:
+def test_excluded_packages_are_untracked(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.exclude_packages = ["torch.nn"]
     lin = torch.nn.Linear(4, 4).eval()
@@ -201,7 +188,7 @@ def test_excluded_packages_are_untracked(fake: None) -> None:
     assert not _tracker.tracked_states()
 
 
-def test_load_state_dict_after_tuning_follows_new_weights(fake: None) -> None:
+def test_load_state_dict_after_tuning_follows_new_weights(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
     other = Net().eval()
@@ -216,7 +203,7 @@ def test_load_state_dict_after_tuning_follows_new_weights(fake: None) -> None:
         torch.testing.assert_close(net(x), eager(net, x))
 
 
-def test_baked_engine_is_dropped_when_weights_change(fake: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_baked_engine_is_dropped_when_weights_change(fake_backend: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from .helpers import _FakeEngine
 
     monkeypatch.setattr(_FakeEngine, "bakes_weights", True)
@@ -229,7 +216,7 @@ def test_baked_engine_is_dropped_when_weights_change(fake: None, monkeypatch: py
     assert state(net).report_state() == "recording"
 
 
-def test_module_replaced_parameter_or_moved_invalidates(fake: None) -> None:
+def test_module_replaced_parameter_or_moved_invalidates(fake_backend: None) -> None:
     net, x = tuned_net()
     with torch.no_grad():
         net.head.weight = torch.nn.Parameter(torch.zeros(4, 16))
@@ -237,7 +224,7 @@ def test_module_replaced_parameter_or_moved_invalidates(fake: None) -> None:
     assert state(net).report_state() == "recording"
 
 
-def test_engine_failure_at_run_time_falls_back_to_eager(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_engine_failure_at_run_time_falls_back_to_eager(fake_backend: None, caplog: pytest.LogCaptureFixture) -> None:
     net, x = tuned_net()
     with torch.no_grad():
         sig = next(iter(state(net).signatures.values()))
@@ -248,7 +235,7 @@ def test_engine_failure_at_run_time_falls_back_to_eager(fake: None, caplog: pyte
     assert sig.status == "eager"
 
 
-def test_hook_failure_runs_eagerly_and_strict_raises(fake: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hook_failure_runs_eagerly_and_strict_raises(fake_backend: None, monkeypatch: pytest.MonkeyPatch) -> None:
     enable_jit_tuning()
     net = Net().eval()
     x = torch.randn(4, 16)
@@ -264,14 +251,14 @@ def test_hook_failure_runs_eagerly_and_strict_raises(fake: None, monkeypatch: py
             net(x)
 
 
-def test_user_errors_propagate_unchanged(fake: None) -> None:
+def test_user_errors_propagate_unchanged(fake_backend: None) -> None:
     enable_jit_tuning()
     net = Net().eval()
     with torch.no_grad(), pytest.raises(RuntimeError, match="mat1 and mat2"):
         net(torch.randn(4, 7))
 
 
-def test_build_failure_strict_mode_raises_tuning_error(fake: None) -> None:
+def test_build_failure_strict_mode_raises_tuning_error(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.backends = [FakeBackend(fail_build=True)]
     global_config.strict = True
@@ -283,7 +270,7 @@ def test_build_failure_strict_mode_raises_tuning_error(fake: None) -> None:
             net(x)
 
 
-def test_threads_get_correct_outputs_while_tuning(fake: None) -> None:
+def test_threads_get_correct_outputs_while_tuning(fake_backend: None) -> None:
     enable_jit_tuning()
     jit_config.min_samples = 3
     net = Net().eval()
@@ -309,7 +296,7 @@ def test_threads_get_correct_outputs_while_tuning(fake: None) -> None:
     assert FakeBackend.builds.count("Net") == 1
 
 
-def test_deferred_mode_tunes_on_request_top_down(fake: None) -> None:
+def test_deferred_mode_tunes_on_request_top_down(fake_backend: None) -> None:
     from aitune.torch.jit import tune
     from aitune.torch.jit.config import JITMode
 
@@ -328,7 +315,7 @@ def test_deferred_mode_tunes_on_request_top_down(fake: None) -> None:
         assert state(net.blocks[0]).status == "detached"
 
 
-def test_inspect_mode_records_only(fake: None) -> None:
+def test_inspect_mode_records_only(fake_backend: None) -> None:
     from aitune.torch.jit.config import JITMode
 
     jit_config.mode = JITMode.INSPECT
@@ -343,7 +330,7 @@ def test_inspect_mode_records_only(fake: None) -> None:
     assert states["Net"] == "recording" and states["Net.blocks.0"] == "recording"
 
 
-def test_collected_modules_leave_the_table(fake: None) -> None:
+def test_collected_modules_leave_the_table(fake_backend: None) -> None:
     import gc
 
     enable_jit_tuning()
@@ -357,7 +344,7 @@ def test_collected_modules_leave_the_table(fake: None) -> None:
     assert key not in _tracker.STATES
 
 
-def test_modules_from_torch_load_and_built_before_enabling_are_discovered(fake: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_modules_from_torch_load_and_built_before_enabling_are_discovered(fake_backend: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
     built_before = Net().eval()
     path = tmp_path / "net.pt"
     torch.save(Net().eval(), path)
@@ -402,7 +389,7 @@ def test_collected_module_frees_its_engine_and_stays_in_the_report() -> None:
 
 # -- bounded work --------------------------------------------------------------------------------------------------
 
-def test_a_plain_argument_taking_many_values_is_tuned_for_a_few_of_them(fake: None,
+def test_a_plain_argument_taking_many_values_is_tuned_for_a_few_of_them(fake_backend: None,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     global_config.max_value_signatures = 2
     enable_jit_tuning()
@@ -419,7 +406,7 @@ def test_a_plain_argument_taking_many_values_is_tuned_for_a_few_of_them(fake: No
     assert FakeBackend.builds.count("Net") == 2
 
 
-def test_past_the_tuning_budget_new_modules_stay_eager_with_one_warning(fake: None,
+def test_past_the_tuning_budget_new_modules_stay_eager_with_one_warning(fake_backend: None,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     jit_config.max_tunings = 1
     enable_jit_tuning()
@@ -449,7 +436,8 @@ class RunningSum(torch.nn.Module):
         return self.fc(x) + self.total
 
 
-def test_a_condition_that_recurs_is_logged_once_then_counted(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_condition_that_recurs_is_logged_once_then_counted(fake_backend: None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     enable_jit_tuning()
     net, twin = RunningSum().eval(), RunningSum().eval()
     twin.load_state_dict(net.state_dict())
@@ -464,7 +452,8 @@ def test_a_condition_that_recurs_is_logged_once_then_counted(fake: None, caplog:
     assert "RunningSum: weights changed in place" in table and "times" in table, table
 
 
-def test_identical_modules_share_the_decision_and_only_build(fake: None, caplog: pytest.LogCaptureFixture) -> None:
+def test_identical_modules_share_the_decision_and_only_build(fake_backend: None,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """A model built in a loop: the first instance tunes, the next ones build the winner and check it on their
     own samples (their weights differ), with no timing."""
     jit_config.backends = [FakeBackend(latency_ms=5.0), FakeBackend()]
