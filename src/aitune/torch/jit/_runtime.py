@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from aitune.torch._errors import AITuneError
-from aitune.torch._fingerprint import weights_state
+from aitune.torch._fingerprint import live_weights, weights_state
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
 from aitune.torch._signature._record import BUDGET, record_call, release_samples
@@ -29,6 +29,7 @@ from aitune.torch._signature._route import (
     run_engine,
     tracing,
 )
+from aitune.torch._signature._weights import DATA_ACCESSES
 from aitune.torch.jit import _tracker
 from aitune.torch.jit._tracker import EPOCH, LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS
@@ -190,22 +191,32 @@ def _check_hooks_below(st: ModuleState, module: torch.nn.Module) -> None:
 
 
 def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
-    """Drop engines and samples that no longer match the module's weights."""
-    if st.epoch == EPOCH.value and not _has_baked_engine(st) and not _recording(st):
-        return
+    """Drop engines and samples that no longer match the module's weights.
+
+    Under an engine holding its own copy of the weights this runs on every call, so its common case is cheap:
+    with no registration, move or reload since the last look (`EPOCH`) and no `Parameter.data` access, the
+    tensors are those it saw, and the sum of their version counters tells whether one was written in place."""
+    if st.epoch == EPOCH.value and not _recording(st):
+        if not _has_baked_engine(st):
+            return
+        tensors = st.weight_tensors
+        if tensors is not None and st.data_accesses == DATA_ACCESSES.value and \
+                sum(t._version for t in tensors) == st.version_sum:
+            return
     ids, versions = weights_state(module)
     st.epoch = EPOCH.value
     if st.param_ids is None:
-        st.param_ids, st.version_sum = ids, versions
+        _remember_weights(st, module, ids, versions)
         return
     moved = ids != st.param_ids
     changed = versions != st.version_sum
     if not moved and not changed:
         baseline = st.weights_baseline
         if baseline is None or not _has_baked_engine(st) or not baseline.changed(module):
+            _remember_weights(st, module, ids, versions)
             return
         changed = True  # written through Parameter.data: no version counter moved
-    st.param_ids, st.version_sum = ids, versions
+    _remember_weights(st, module, ids, versions)
     with LOCK:
         if not moved and any(s.engine is not None and s.engine.bakes_weights and s.status != "tuning"
                              for s in st.signatures.values()):
@@ -231,6 +242,12 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
                 sig.status = "recording"
                 sig.calls = 0
                 sig.backend = None
+
+
+def _remember_weights(st: ModuleState, module: torch.nn.Module, ids: tuple[Any, ...], versions: int) -> None:
+    st.param_ids, st.version_sum = ids, versions
+    st.weight_tensors = list(live_weights(module))
+    st.data_accesses = DATA_ACCESSES.value
 
 
 def _has_baked_engine(st: ModuleState) -> bool:

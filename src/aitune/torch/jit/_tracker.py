@@ -51,7 +51,7 @@ class ModuleState:
     __slots__ = (
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "table", "reason", "decided", "paths", "by_path", "param_ids",
-        "version_sum", "weights_baseline",
+        "version_sum", "weights_baseline", "weight_tensors", "data_accesses",
         "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "repeats", "__weakref__",
     )
 
@@ -81,6 +81,11 @@ class ModuleState:
         #: The sampled weights its weight-copying engines were built from (`_signature._weights.Baseline`):
         #: writes through `Parameter.data` bump no version counter.
         self.weights_baseline: Baseline | None = None
+        #: The weight tensors `param_ids` describes and the `Parameter.data` access count when they were last
+        #: compared: while neither the epoch nor that count moved, summing their version counters is the whole
+        #: per-call check (no walk of the module tree).
+        self.weight_tensors: list[torch.Tensor] | None = None
+        self.data_accesses = -1
         self.epoch = -1
         self.tune_seconds = 0.0
         #: How often the weights changed in place under an engine holding a copy of them. From the second time
