@@ -197,6 +197,8 @@ class SignatureRecord:
     other_thread_calls: int = 0
     #: The in-place check of its engine (`_signature._inplace.InPlaceCheck`), kept for the report.
     inplace: Any = field(default=None, repr=False)
+    #: How a decision reused from the cache got its engine (loaded or rebuilt, seconds, the latency check).
+    reuse: dict[str, Any] | None = None
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -336,7 +338,8 @@ class SignatureRecord:
                 "open_dims": self.open_dims, "not_tried": dict(self.not_tried),
                 "recorded_eager_ms": _round(statistics.median(self.recorded_ms)) if self.recorded_ms else None,
                 "watched": [w.describe() for w in self.watch.items] if self.watch is not None else [],
-                "inplace": self.inplace.to_report() if self.inplace is not None else None}
+                "inplace": self.inplace.to_report() if self.inplace is not None else None,
+                "cache_reuse": self.reuse}
 
 
 #: The key of the one record that counts the calls of signatures past `max_signatures`.

@@ -11,6 +11,7 @@ reason; `Decision.raise_if_strict()` re-raises it in strict mode once the front 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +90,8 @@ class Plan:
     watch: Watch | None = None
     #: Tune the module whole only when its forward traces as one graph (JIT mode's `detect_graph_breaks`).
     one_graph: bool = False
+    #: The call was shown pure (`_purity`): an engine that runs no Python may serve it, `watch` watched.
+    pure: bool = False
 
 
 @dataclass
@@ -142,6 +145,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
             logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", label, device, len(samples), shapes,
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
+            job.pure = chosen.pure
             with OwnWork(), libraries_quiet(), rng_kept():
                 outcome = run(job, chosen.strategy, store)
                 reference = job.timing_sample() if outcome.winner is not None else None
@@ -195,7 +199,7 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         return plan
     kept = [b for b in plan.backends if b.supports_autograd]
     if kept or not plan.backends:
-        return Plan(plan.strategy, kept, plan.why_none, plan.watch, plan.one_graph)
+        return dataclasses.replace(plan, backends=kept)
     dropped = ", ".join(b.describe() for b in plan.backends)
     return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
                                    f"which {dropped} cannot carry; call it under torch.no_grad() or "
@@ -223,7 +227,7 @@ def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, s
     if verdict.impure is not None:
         return _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          f"{verdict.impure}; engines that run its Python (or eager) serve it")
-    return Plan(plan.strategy, plan.backends, plan.why_none, verdict.watch or None, plan.one_graph)
+    return dataclasses.replace(plan, watch=verdict.watch or None, pure=sig.python_only is None)
 
 
 def purity(module: torch.nn.Module, sig: SignatureRecord, sample: Sample) -> Purity:
@@ -258,7 +262,13 @@ def _narrowed(sig: SignatureRecord, plan: Plan, keep: Callable[[Backend], bool],
     for b in dropped:
         sig.not_tried[b.describe()] = why
     logger.info("%s: not trying %s: %s", name, ", ".join(b.describe() for b in dropped), why)
-    return Plan(plan.strategy, kept, plan.why_none if kept else why, plan.watch, plan.one_graph)
+    return dataclasses.replace(plan, backends=kept, why_none=plan.why_none if kept else why)
+
+
+def runs_no_python_of(engine: Any) -> bool:
+    """An engine of a Python-running backend that replays a saved trace instead (a torch.compile function loaded
+    from the cache): like an exported engine, it bakes in the module-side values its trace read."""
+    return bool(getattr(engine, "runs_no_python", False))
 
 
 def needs_autograd(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample]) -> bool:
@@ -277,13 +287,15 @@ def commit(sig: SignatureRecord, decision: Decision, samples: Sequence[Sample], 
     if outcome is not None:
         sig.candidates = [c.to_report() for c in outcome.candidates]
         sig.cache = outcome.cache
+        sig.reuse = outcome.reuse
     winner = decision.winner
     if winner is not None and winner.engine is not None and outcome is not None:
         sig.freeze_engine_range(samples)
         sig.reference = reference
         sig.install_engine(winner, outcome.eager_latency_ms)
         backend = winner.backend_obj
-        sig.watch = watch if watch and backend is not None and backend.kind != "jit" else None
+        runs_no_python = backend is not None and (backend.kind != "jit" or runs_no_python_of(winner.engine))
+        sig.watch = watch if watch and runs_no_python else None
         from aitune.torch.config import config as global_config
 
         if backend is not None and backend.serves_new_sizes(first_device(samples)):

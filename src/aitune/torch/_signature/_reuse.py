@@ -17,6 +17,7 @@ tunes, and its decision is stored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy._base import TuneJob, TuneOutcome, TuneStrategy, check
 
 if TYPE_CHECKING:
-    from aitune.torch.backend._base import Backend
+    from aitune.torch.backend._base import Backend, Engine
     from aitune.torch.cache._store import EngineStore, Hit
 
 logger = logging.getLogger(__name__)
@@ -212,41 +213,111 @@ def _reuse(job: TuneJob, hit: Hit | Remembered, backends: Sequence[Backend],
     backend = backends[index]
     start = time.perf_counter()
     engine_dir = hit.engine_dir
+    loadable = engine_dir is not None and (backend.kind == "aot" or job.pure)
+    obtained = "loaded" if loadable else "rebuilt"
     try:
-        if backend.kind == "aot" and engine_dir is not None:
+        if loadable:
+            assert engine_dir is not None
             how = "loaded from the cache in"
             check_engine_dir(engine_dir, Limits.of(global_config))
             # The entry's signature verified: its files are what this user's aitune wrote.
-            engine = backend.load(engine_dir, job.module, job.signature, job.samples, job.device,
-                                  authenticated=True)
+            engine = _load(job, backend, engine_dir)
         else:
             how = "built (decision of an identical module) in" if shared else "rebuilt (cached decision) in"
             with _in_process_compile():
                 engine = backend.build(job.module, job.signature, job.samples, job.device)
+    except _Rebuilt as e:  # a saved torch.compile function that did not load: compiled again, as before
+        engine, how, obtained = e.engine, "rebuilt (the saved function did not load) in", "rebuilt"
     except Exception as e:  # an entry this environment cannot load (other versions, a bomb) is tuned again
         logger.info("%s: the cached %s engine could not be %s (%s: %s); tuning again", job.name, backend.describe(),
-                    "loaded" if engine_dir is not None else "rebuilt", type(e).__name__, str(e)[:300])
+                    "loaded" if loadable else "rebuilt", type(e).__name__, str(e)[:300])
         if job.strict:
             raise TuningError(f"reusing the cached engine of {job.name} failed: {e}", module_name=job.name,
                               backend=backend.describe()) from e
         return None
-    result = check(job, backend, engine, build_s=time.perf_counter() - start, measure=False, what=how)
+    seconds = time.perf_counter() - start
+    result = check(job, backend, engine, build_s=seconds, measure=False, what=how)
     if not result.ok:
         logger.info("%s: the %s %s engine does not match eager here (%s); tuning again", job.name,
                     "shared" if shared else "cached", backend.describe(), result.error)
         return None
-    result.latency_ms = record.get("tuned_latency_ms")
     assert result.engine is not None
     if shared:
+        result.latency_ms = record.get("tuned_latency_ms")
         logger.info("%s: %s, as chosen for an identical module of this run; checked against eager on %d sample(s)",
                     job.name, backend.describe(), len(job.samples))
         return TuneOutcome(result, [result], eager_ms, cache="shared")
+    reuse = {"engine": obtained, "seconds": round(seconds, 3)}
+    timed = _latency_check(job, result.engine, record)
+    if timed is not None:
+        reuse.update(timed)
+        if not timed["kept"]:
+            logger.info("%s: the cached %s engine is slower here than when it was tuned (%.3f ms against %.3f ms "
+                        "recorded; eager %.3f ms against %.3f ms); tuning again", job.name, backend.describe(),
+                        timed["latency_ms"], timed["recorded_latency_ms"], timed["eager_latency_ms"],
+                        timed["recorded_eager_latency_ms"])
+            result.engine.release()
+            return None
+        result.latency_ms, eager_ms = timed["latency_ms"], timed["eager_latency_ms"]
+    else:
+        result.latency_ms = record.get("tuned_latency_ms")
     result.engine = on_probation(result.engine, job.module, job.signature, job.confirm_calls, job.tolerances,
                                  name=job.name, origin="from the cache", on_reject=forget)
-    logger.info("%s: reusing the %s engine from the cache (%s), checked against eager on %d sample(s)%s", job.name,
-                backend.describe(), hit.key[:12], len(job.samples),
+    logger.info("%s: reusing the %s engine from the cache (%s, %s in %.1f s), checked against eager on %d "
+                "sample(s)%s%s", job.name, backend.describe(), hit.key[:12], obtained, seconds, len(job.samples),
+                f", {result.latency_ms:.3f} ms as when tuned" if timed is not None else "",
                 f"; it is confirmed on the first {job.confirm_calls} live call(s)" if job.confirm_calls else "")
-    return TuneOutcome(result, [result], eager_ms, cache="hit")
+    return TuneOutcome(result, [result], eager_ms, cache="hit", reuse=reuse)
+
+
+#: A reused engine may be this much slower than recorded (in time and relative to eager) before it is re-tuned.
+SLOWER_BY = 1.05
+
+
+def _latency_check(job: TuneJob, engine: Engine, record: dict[str, Any]) -> dict[str, Any] | None:
+    """Time the reused engine and eager here. It is kept unless it is more than 5% slower than recorded both in
+    milliseconds and relative to eager (a machine that is slower today, or an eager timing that came out fast,
+    does not re-tune). Timed briefly (at most 10 runs each); a first verdict of "slower" is timed once more
+    before it counts. None when the record has no latency to compare with."""
+    recorded, recorded_eager = record.get("tuned_latency_ms"), record.get("eager_latency_ms")
+    if not isinstance(recorded, (int, float)) or not isinstance(recorded_eager, (int, float)) or recorded <= 0:
+        return None
+
+    def slower(now: float, eager_now: float) -> bool:
+        return now > recorded * SLOWER_BY and now / eager_now > recorded / recorded_eager * SLOWER_BY
+
+    brief = dataclasses.replace(job, warmup=min(job.warmup, 2), iterations=min(job.iterations, 10),
+                                max_seconds=min(job.max_seconds, 0.5), _eager_ms=None)
+    eager_now = brief.eager_latency_ms()
+    now = brief.time(engine)
+    if slower(now, eager_now):
+        now = min(now, brief.time(engine))
+    return {"kept": not slower(now, eager_now), "latency_ms": round(now, 4), "recorded_latency_ms": recorded,
+            "eager_latency_ms": round(eager_now, 4), "recorded_eager_latency_ms": recorded_eager}
+
+
+class _Rebuilt(Exception):
+    """Loading a saved JIT engine failed and it was built afresh instead (`engine`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__("rebuilt")
+        self.engine = engine
+
+
+def _load(job: TuneJob, backend: Backend, engine_dir: Path) -> Engine:
+    """The saved engine of `engine_dir`; for a JIT backend whose saved function does not load here, the engine
+    built afresh (raised as `_Rebuilt`), as reuse did before engines of that kind were saved."""
+    try:
+        return backend.load(engine_dir, job.module, job.signature, job.samples, job.device, authenticated=True)
+    except Exception as e:
+        if backend.kind != "jit":
+            raise
+        logger.info("%s: the saved %s function did not load (%s: %s); compiling it again", job.name,
+                    backend.describe(), type(e).__name__, str(e)[:300])
+        if job.strict:
+            raise
+        with _in_process_compile():
+            raise _Rebuilt(backend.build(job.module, job.signature, job.samples, job.device)) from None
 
 
 @contextlib.contextmanager
@@ -288,12 +359,14 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
     winner = outcome.winner
     record = decision_record(job, outcome, backends)
     record.update(module_class=fields["module_class"], key_fields=fields)
-    save = None
+    save: Callable[[Path], None] | None = None
     if winner is not None:
         backend = winner.backend_obj
         engine = winner.engine
         if backend is not None and backend.kind == "aot" and engine is not None:
             save = engine.save
+        elif backend is not None and engine is not None and job.pure and hasattr(engine, "artifact"):
+            save = _jit_artifact(job, engine)
     try:
         try:
             published = store.publish(key, record, save)
@@ -309,6 +382,23 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
     outcome.cache = "stored" if published else "stored by another process"
     logger.info("%s: decision %s (%s)", job.name, "stored in the cache" if published else
                 "already stored in the cache by another process", key[:12])
+
+
+def _jit_artifact(job: TuneJob, engine: Engine) -> Callable[[Path], None] | None:
+    """The writer of a JIT engine's saved function (compiled now), or None when it cannot be saved: the entry is
+    then stored without it and a later run compiles the engine again."""
+    start = time.perf_counter()
+    try:
+        write: Callable[[Path], None] = engine.artifact()  # type: ignore[attr-defined]
+    except NotImplementedError as e:
+        logger.debug("%s: %s", job.name, e)
+        return None
+    except Exception as e:  # a forward the whole-graph compile refuses: the next run compiles it again
+        logger.info("%s: its torch.compile engine cannot be saved (%s: %s); a later run compiles it again",
+                    job.name, type(e).__name__, str(e)[:300])
+        return None
+    logger.info("%s: torch.compile engine compiled for saving in %.1f s", job.name, time.perf_counter() - start)
+    return write
 
 
 def _index_of(backends: Sequence[Backend], backend: Backend | None) -> int | None:

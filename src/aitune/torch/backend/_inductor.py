@@ -8,15 +8,32 @@ when they change; freezing applies to calls without grad, the others compile as 
 run during the build, so automatic-dynamic recompiles happen while tuning rather than on a user's call.
 Known limit: with mode="reduce-overhead" (CUDA graphs) outputs live in graph-owned memory; the engine returns
 copies so a caller keeping an earlier output never sees it overwritten.
+
+Saved engines (the persistent cache). For a signature of one size, recorded without grad and shown pure
+(`_signature._purity`), the winning engine can be saved: the module's forward is compiled once more, whole
+(`fullgraph=True`), with `torch.compile(...).aot_compile`, and the result (Dynamo's bytecode and guards, the
+AOTAutograd and Inductor artifacts) written with `save_compiled_function`. A later process loads it
+(`torch.compiler.load_compiled_function`) without tracing or compiling anything; the module is an argument, so
+the function reads that process's live weights. CUDA graphs are not part of such a file (a loaded artifact runs
+without them whatever mode it was compiled in), so a CUDA-graph engine is saved compiled without them, and
+aitune captures the graph itself around the loaded function (`_graphs.CapturedGraph`). The file is a pickle
+holding code: it is loaded only from a signed entry of the user's own cache (`authenticated`). A call the
+loaded function's guards refuse (other strides, say) compiles the forward afresh, as a torch.compile engine
+recompiles.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import json
+import logging
+import tempfile
 import types
 import weakref
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -26,8 +43,14 @@ from aitune.torch import _tree
 from aitune.torch._samples import Sample, SignatureRecord
 from aitune.torch.backend._base import Backend, BackendConfig, Engine
 
+logger = logging.getLogger(__name__)
+
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _entry_ids = itertools.count()
+#: The saved function and what it was saved for, in a saved engine's directory.
+ARTIFACT_FILE = "compiled_function.bin"
+INFO_FILE = "compiled_function.json"
+_ARTIFACT_FORMAT = 1
 
 
 def entry_point(module: torch.nn.Module) -> Callable[..., Any]:
@@ -108,6 +131,91 @@ def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
     return engine
 
 
+@dataclasses.dataclass(frozen=True)
+class _Saving:
+    """How a saveable engine's forward is compiled again for saving."""
+
+    compile_kwargs: dict[str, Any]
+    example: Sample
+    graphs: bool
+    shapes: list[list[int]]
+
+
+def _saving_kwargs(cfg: TorchInductorJitBackendConfig) -> tuple[dict[str, Any], bool] | None:
+    """torch.compile's arguments for the saved function (no CUDA graphs: aitune captures those itself), and
+    whether the engine used CUDA graphs; None for settings a saved function cannot carry."""
+    if cfg.freezing or cfg.dynamic:
+        return None
+    kwargs: dict[str, Any] = {"backend": "inductor", "fullgraph": True, "dynamic": False}
+    graphs = cfg.mode in ("reduce-overhead", "max-autotune")
+    if cfg.mode == "max-autotune":
+        kwargs["mode"] = "max-autotune-no-cudagraphs"
+    elif cfg.mode == "max-autotune-no-cudagraphs":
+        kwargs["mode"] = cfg.mode
+    if cfg.options:
+        options = dict(cfg.options)
+        graphs = bool(options.pop("triton.cudagraphs", False))
+        if options:
+            kwargs["options"] = options
+    return kwargs, graphs
+
+
+def _one_size(samples: Sequence[Sample]) -> list[list[int]] | None:
+    """The tensor sizes every sample shares, or None when they differ."""
+    sizes = [[list(t.shape) for t in _tree.tensors((s.args, s.kwargs))] for s in samples]
+    return sizes[0] if sizes and all(x == sizes[0] for x in sizes) else None
+
+
+def _saveable(signature: SignatureRecord, samples: Sequence[Sample]) -> list[list[int]] | None:
+    """The sizes of a signature whose engine could be saved: one size, no grad, inputs left as they were."""
+    if not samples or bool(signature.key[0]) or any(s.inputs_after is not None for s in samples):
+        return None
+    return _one_size(samples)
+
+
+def aot_compile(module: torch.nn.Module, compile_kwargs: dict[str, Any], example: Sample,
+                autocast: torch.autocast | None) -> Any:
+    """`torch.compile(entry, **compile_kwargs).aot_compile(...)` of the module's forward on `example` (traced
+    on fake tensors: nothing runs). torch 2.11 attaches `aot_compile` only under `enable_aot_compile`."""
+    import torch._dynamo.config as dynamo_config
+
+    args, kwargs = _tree.clone((example.args, example.kwargs))
+    patch = dynamo_config.patch(enable_aot_compile=True) if hasattr(dynamo_config, "enable_aot_compile") \
+        else contextlib.nullcontext()
+    with patch, autocast if autocast is not None else contextlib.nullcontext():
+        compiled: Any = torch.compile(entry_point(module), **compile_kwargs)
+        return compiled.aot_compile(((module, *args), kwargs))
+
+
+class LoadedCompiledEngine(Engine):
+    """A saved torch.compile function, loaded: `fn(module, *args, **kwargs)`. A call its guards refuse is
+    served by a fresh torch.compile of the forward from then on (compiled at that call)."""
+
+    runs_no_python = True
+
+    def __init__(self, module: torch.nn.Module, fn: Any, *, recompile: dict[str, Any],
+                 autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:
+        self._module = weakref.ref(module)
+        self._fn = fn
+        self._recompile = recompile
+        self._autocast = autocast
+        self.compute_dtype = compute_dtype
+        self._fallback: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the module of this engine was garbage-collected")
+        with self._autocast if self._autocast is not None else contextlib.nullcontext():
+            if self._fallback is None:
+                if self._fn.guard_check(module, *args, **kwargs):  # checked once: the call itself does not
+                    return self._fn(module, *args, **kwargs)
+                logger.info("%s: a call the saved torch.compile function does not cover (its guards refuse it); "
+                            "compiling the forward again", type(module).__name__)
+                self._fallback = torch.compile(entry_point(module), **self._recompile)
+            return self._fallback(module, *args, **kwargs)
+
+
 class CompiledEngine(Engine):
     def __init__(self, module: torch.nn.Module, compiled: Any, *, copy_outputs: bool,
                  autocast: torch.autocast | None, compute_dtype: torch.dtype | None,
@@ -118,6 +226,29 @@ class CompiledEngine(Engine):
         self._copy_outputs = copy_outputs
         self._autocast = autocast
         self.compute_dtype = compute_dtype
+        #: What `artifact` compiles from, when this engine can be saved (`TorchInductorJitBackend.build`).
+        self.saving: _Saving | None = None
+
+    def artifact(self) -> Callable[[Path], None]:
+        """Compile the module's forward for saving now (the slow part) and return the function that writes the
+        files into an engine directory. Raises NotImplementedError for an engine that cannot be saved."""
+        module = self._module()
+        if self.saving is None or module is None:
+            raise NotImplementedError("this torch.compile engine cannot be saved (several sizes, grad, or a call "
+                                      "not shown pure); it is rebuilt in each process")
+        saving = self.saving
+        compiled = aot_compile(module, saving.compile_kwargs, saving.example, self._autocast)
+        with tempfile.TemporaryDirectory(prefix="aitune-aot-") as tmp:
+            compiled.save_compiled_function(str(Path(tmp) / ARTIFACT_FILE))
+            data = (Path(tmp) / ARTIFACT_FILE).read_bytes()
+        info = {"format": _ARTIFACT_FORMAT, "graphs": saving.graphs, "shapes": saving.shapes,
+                "torch": torch.__version__}
+
+        def write(directory: Path) -> None:
+            (directory / ARTIFACT_FILE).write_bytes(data)
+            (directory / INFO_FILE).write_text(json.dumps(info, sort_keys=True))
+
+        return write
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self._module()
@@ -137,6 +268,8 @@ class TorchInductorJitBackend(Backend):
     config_class = TorchInductorJitBackendConfig
     kind = "jit"
     supports_autograd = True
+    #: A saved engine is a pickle of Dynamo's bytecode and compiled kernels (see the module docstring).
+    artifact_runs_code = True
 
     config: TorchInductorJitBackendConfig
 
@@ -173,6 +306,10 @@ class TorchInductorJitBackend(Backend):
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         engine = CompiledEngine(module, compiled, copy_outputs=self.uses_cuda_graphs(device), autocast=autocast,
                                  compute_dtype=compute_dtype, bakes_weights=cfg.freezing)
+        how = _saving_kwargs(cfg)
+        shapes = _saveable(signature, samples)
+        if how is not None and shapes is not None and (device.type == "cuda" or not how[1]):
+            engine.saving = _Saving(how[0], samples[0], how[1], shapes)
         if not cfg.freezing:
             return compile_on_samples(engine, samples)
         # Freezing set in Inductor's config while the samples compile, not through `options`: on the H200 with
@@ -181,3 +318,33 @@ class TorchInductorJitBackend(Backend):
         # 1.5x faster (0.84 ms). A later recompile (a new size) compiles unfrozen, which is only conservative.
         with torch._inductor.config.patch(freezing=True):
             return compile_on_samples(engine, samples)
+
+    def load(self, directory: Path, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+             device: torch.device, *, authenticated: bool = False) -> Engine:
+        """The saved function of `directory` for `module`, its CUDA graph captured here when the engine had one.
+        Only from a signed cache entry: the file holds code."""
+        if not authenticated:
+            raise PermissionError("a saved torch.compile function holds code; aitune loads it only from a signed "
+                                  "entry of its own cache")
+        info = json.loads((directory / INFO_FILE).read_text())
+        if info.get("format") != _ARTIFACT_FORMAT:
+            raise ValueError(f"saved function format {info.get('format')!r}, expected {_ARTIFACT_FORMAT}")
+        shapes = _saveable(signature, samples)
+        if shapes != info.get("shapes"):
+            raise ValueError(f"saved for sizes {info.get('shapes')}, called with {shapes}")
+        with (directory / ARTIFACT_FILE).open("rb") as f:
+            fn: Any = torch.compiler.load_compiled_function(f)
+        fn.disable_guard_check()  # checked by the engine, once per call
+        cfg = self.config
+        autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
+        recompile, _ = _saving_kwargs(cfg) or ({"backend": "inductor"}, False)
+        loaded = LoadedCompiledEngine(module, fn, recompile={**recompile, "fullgraph": cfg.fullgraph},
+                                      autocast=autocast, compute_dtype=compute_dtype)
+        if not info.get("graphs"):
+            return loaded
+        from aitune.torch._fingerprint import live_weights
+        from aitune.torch.backend._graphs import CapturedGraph
+
+        example = samples[0]
+        return CapturedGraph(loaded, example.args, example.kwargs, device, keep=list(live_weights(module)),
+                             compute_dtype=compute_dtype, runs_no_python=True)

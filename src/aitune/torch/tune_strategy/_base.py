@@ -51,6 +51,9 @@ class TuneJob:
     progress: bool = True
     #: Live calls an engine from a file is shadowed on before it serves alone (see `_confirm`).
     confirm_calls: int = 0
+    #: The call was shown pure (`_signature._purity`): a saved trace of it (which runs none of the module's
+    #: Python) may be stored and reused.
+    pure: bool = False
     _eager_ms: float | None = field(default=None, repr=False)
 
     def timing_sample(self) -> Sample:
@@ -121,6 +124,9 @@ class TuneOutcome:
     reason: str | None = None
     #: Where the decision came from: None (tuned now), "hit" (reused from the persistent cache).
     cache: str | None = None
+    #: For a reused decision: how its engine was obtained and how its latency compared (the report's
+    #: `cache_reuse`).
+    reuse: dict[str, Any] | None = None
 
 
 class _Heartbeat:
