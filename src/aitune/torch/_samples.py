@@ -199,6 +199,11 @@ class SignatureRecord:
     inplace: Any = field(default=None, repr=False)
     #: How a decision reused from the cache got its engine (loaded or rebuilt, seconds, the latency check).
     reuse: dict[str, Any] | None = None
+    #: Its tuning found the call pure (`_signature._purity`): a whole-graph trace of it may serve and be saved.
+    shown_pure: bool = False
+    #: Whole-graph compiles of its forward made while tuning, shared by the candidates that differ only in CUDA
+    #: graphs (`backend._inductor`); emptied when its samples are released.
+    compiled: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:

@@ -50,7 +50,7 @@ from aitune.torch._signature._route import (
     run_engine,
     tracing,
 )
-from aitune.torch._signature._weights import Baseline
+from aitune.torch._signature._weights import DATA_ACCESSES, Baseline, watch
 from aitune.torch.tune_strategy._base import CandidateResult, TuneStrategy
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class ModuleRuntime:
         self._weights: tuple[tuple[Any, ...], int] | None = None
         #: The sampled weights when engines holding a copy of them were installed (`_signature._weights`).
         self._baseline: Baseline | None = None
+        #: `_weights.DATA_ACCESSES` when the weights were last seen where the engines read them.
+        self._data_accesses = -1
         #: `_signature._hooks.HOOKS` when the submodules' hooks were last checked.
         self._hook_epoch = -1
         self.serial = LIVE.add(self)
@@ -163,6 +165,9 @@ class ModuleRuntime:
             self._weights = weights_state(self.module)
             baked = any(getattr(s.engine, "bakes_weights", False) for s in self.signatures.values())
             self._baseline = Baseline(self.module) if baked else None
+            if any(getattr(s.engine, "binds_weight_storage", False) for s in self.signatures.values()):
+                watch()  # a weight moved through `Parameter.data` must be noticed
+            self._data_accesses = DATA_ACCESSES.value
             self._hook_epoch = HOOKS.value
             self.state = "tuned"
 
@@ -264,6 +269,13 @@ class ModuleRuntime:
 
     def _weights_current(self, sig: SignatureRecord) -> bool:
         """For an engine holding a copy of the weights: are they still those it was built from? Else drop."""
+        if getattr(sig.engine, "binds_weight_storage", False) and self._weights is not None:
+            # A CUDA graph aitune captured reads the weights where they were: only a move makes it stale.
+            if self._data_accesses == DATA_ACCESSES.value or weights_state(self.module)[0] == self._weights[0]:
+                self._data_accesses = DATA_ACCESSES.value
+                return True
+            self.invalidate("weights moved to new memory")
+            return False
         if not getattr(sig.engine, "bakes_weights", False) or self._weights is None:
             return True
         if weights_state(self.module) == self._weights and not self._written_through_data():

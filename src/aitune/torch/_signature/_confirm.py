@@ -56,6 +56,7 @@ class LiveCheck(Engine):
         self._lock = threading.Lock()
         # Weight checks read the flag of the engine on probation (a class attribute on other engines).
         object.__setattr__(self, "bakes_weights", engine.bakes_weights)
+        object.__setattr__(self, "binds_weight_storage", engine.binds_weight_storage)
 
     def __getattr__(self, name: str) -> Any:  # compute_dtype, artifact_dir, ...: the wrapped engine's
         if name == "engine":

@@ -145,7 +145,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
             logger.info("%s: tuning on %s with %d sample(s) [%s]; %s over %s", label, device, len(samples), shapes,
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
-            job.pure = chosen.pure
+            job.pure = sig.shown_pure = chosen.pure
             with OwnWork(), libraries_quiet(), rng_kept():
                 outcome = run(job, chosen.strategy, store)
                 reference = job.timing_sample() if outcome.winner is not None else None

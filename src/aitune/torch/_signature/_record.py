@@ -65,6 +65,7 @@ def release_samples(sig: SignatureRecord) -> None:
     with sig.lock:
         size = sum(s.nbytes for s in sig.samples)
         sig.samples.clear()
+        sig.compiled.clear()
     BUDGET.give_back(size)
 
 

@@ -272,19 +272,22 @@ def _reuse(job: TuneJob, hit: Hit | Remembered, backends: Sequence[Backend],
 
 #: A reused engine may be this much slower than recorded (in time and relative to eager) before it is re-tuned.
 SLOWER_BY = 1.05
+#: ... and by at least this much: below it, the difference is within the timing noise of a single call.
+NOISE_MS = 0.05
 
 
 def _latency_check(job: TuneJob, engine: Engine, record: dict[str, Any]) -> dict[str, Any] | None:
-    """Time the reused engine and eager here. It is kept unless it is more than 5% slower than recorded both in
-    milliseconds and relative to eager (a machine that is slower today, or an eager timing that came out fast,
-    does not re-tune). Timed briefly (at most 10 runs each); a first verdict of "slower" is timed once more
-    before it counts. None when the record has no latency to compare with."""
+    """Time the reused engine and eager here. It is kept unless it is more than 5% (and 0.05 ms) slower than
+    recorded both in milliseconds and relative to eager (a machine that is slower today, or an eager timing that
+    came out fast, does not re-tune). Timed briefly (at most 10 runs each); a first verdict of "slower" is timed
+    once more before it counts. None when the record has no latency to compare with."""
     recorded, recorded_eager = record.get("tuned_latency_ms"), record.get("eager_latency_ms")
     if not isinstance(recorded, (int, float)) or not isinstance(recorded_eager, (int, float)) or recorded <= 0:
         return None
 
     def slower(now: float, eager_now: float) -> bool:
-        return now > recorded * SLOWER_BY and now / eager_now > recorded / recorded_eager * SLOWER_BY
+        return (now > recorded * SLOWER_BY and now - recorded > NOISE_MS
+                and now / eager_now > recorded / recorded_eager * SLOWER_BY)
 
     brief = dataclasses.replace(job, warmup=min(job.warmup, 2), iterations=min(job.iterations, 10),
                                 max_seconds=min(job.max_seconds, 0.5), _eager_ms=None)
@@ -385,8 +388,8 @@ def _store(store: EngineStore, key: str, fields: dict[str, Any], job: TuneJob, o
 
 
 def _jit_artifact(job: TuneJob, engine: Engine) -> Callable[[Path], None] | None:
-    """The writer of a JIT engine's saved function (compiled now), or None when it cannot be saved: the entry is
-    then stored without it and a later run compiles the engine again."""
+    """The writer of a JIT engine's saved function (serialized now), or None when it cannot be saved: the entry
+    is then stored without it and a later run compiles the engine again."""
     start = time.perf_counter()
     try:
         write: Callable[[Path], None] = engine.artifact()  # type: ignore[attr-defined]
@@ -397,7 +400,8 @@ def _jit_artifact(job: TuneJob, engine: Engine) -> Callable[[Path], None] | None
         logger.info("%s: its torch.compile engine cannot be saved (%s: %s); a later run compiles it again",
                     job.name, type(e).__name__, str(e)[:300])
         return None
-    logger.info("%s: torch.compile engine compiled for saving in %.1f s", job.name, time.perf_counter() - start)
+    logger.info("%s: its torch.compile engine is saved with the decision (serialized in %.1f s)", job.name,
+                time.perf_counter() - start)
     return write
 
 

@@ -35,6 +35,9 @@ class Engine(abc.ABC):
     #: any in-place change of the module's parameters makes it stale. Engines that read the live parameters
     #: (torch.compile) keep following them.
     bakes_weights: bool = False
+    #: True when the engine reads the weights at the addresses they had when it was built (a CUDA graph that
+    #: aitune captured): in-place writes flow through, but a weight moved to new memory makes it stale.
+    binds_weight_storage: bool = False
 
     @abc.abstractmethod
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

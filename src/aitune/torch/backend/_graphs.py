@@ -7,16 +7,17 @@ the graph and returns copies of the static outputs (the next replay overwrites t
 earlier output never sees it change; `_tree.refill` refuses a call whose structure, sizes, dtypes or plain values
 differ from the capture's, and that call fails (aitune then serves it eagerly and drops the engine).
 
-The graph reads the module's weights where they were at capture: writes in place flow through, but a weight
-moved to new memory (`p.data = q`, a replaced parameter) would not. The engine therefore counts as holding its
-weights (`bakes_weights`): any change to them drops it, and it keeps the tensors it was captured with alive, so
-the memory it reads is never reused while it exists. Like every CUDA-graph engine it serves only the thread that
-captured it (`SignatureRecord.graph_thread`).
+The graph reads the module's weights where they were at capture: writes in place flow through (as with
+cudagraph trees), but a weight moved to new memory (`p.data = q`, a replaced parameter, a reload that assigns)
+would not. The engine therefore says so (`binds_weight_storage`): the fronts drop it when a weight's storage
+moved, and it keeps the tensors it was captured with alive, so the memory it reads is never reused while it
+exists. Like every CUDA-graph engine it serves only the thread that captured it (`SignatureRecord.graph_thread`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +32,8 @@ WARMUP_RUNS = 2
 class CapturedGraph(Engine):
     """`fn(*args, **kwargs)` captured as one CUDA graph on `device` (see the module docstring)."""
 
-    bakes_weights = True
+    #: Stale once a weight's storage moves (see the module docstring); in-place writes are read where they are.
+    binds_weight_storage = True
     #: What `fn` is (its compute dtype, whether it replays a saved trace) the graph is too.
     runs_no_python = False
 
@@ -42,6 +44,7 @@ class CapturedGraph(Engine):
             raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
         self.compute_dtype = compute_dtype
         self.runs_no_python = runs_no_python
+        self.inner = fn
         self._keep = list(keep)
         self._static = _tree.clone((args, kwargs))
         static_args, static_kwargs = self._static
@@ -64,6 +67,14 @@ class CapturedGraph(Engine):
                              "CUDA graph was captured with")
         self._graph.replay()
         return _tree.tree_map(torch.Tensor.clone, self._outputs)
+
+    def artifact(self) -> Callable[[Path], None]:
+        """The saved form of the engine it replays, marked to be captured again where it is loaded."""
+        inner = getattr(self.inner, "artifact", None)
+        if inner is None:
+            raise NotImplementedError("the engine inside this CUDA graph cannot be saved")
+        writer: Callable[[Path], None] = inner(graphs=True)
+        return writer
 
     def release(self) -> None:
         self._graph.reset()

@@ -25,7 +25,6 @@ recompiles.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -131,16 +130,6 @@ def compile_on_samples(engine: Engine, samples: Sequence[Sample]) -> Engine:
     return engine
 
 
-@dataclasses.dataclass(frozen=True)
-class _Saving:
-    """How a saveable engine's forward is compiled again for saving."""
-
-    compile_kwargs: dict[str, Any]
-    example: Sample
-    graphs: bool
-    shapes: list[list[int]]
-
-
 def _saving_kwargs(cfg: TorchInductorJitBackendConfig) -> tuple[dict[str, Any], bool] | None:
     """torch.compile's arguments for the saved function (no CUDA graphs: aitune captures those itself), and
     whether the engine used CUDA graphs; None for settings a saved function cannot carry."""
@@ -167,10 +156,27 @@ def _one_size(samples: Sequence[Sample]) -> list[list[int]] | None:
 
 
 def _saveable(signature: SignatureRecord, samples: Sequence[Sample]) -> list[list[int]] | None:
-    """The sizes of a signature whose engine could be saved: one size, no grad, inputs left as they were."""
-    if not samples or bool(signature.key[0]) or any(s.inputs_after is not None for s in samples):
+    """The sizes of a signature whose forward may be compiled whole and saved: shown pure, one size, no grad,
+    inputs left as they were."""
+    if not samples or not signature.shown_pure or bool(signature.key[0]) or \
+            any(s.inputs_after is not None for s in samples):
         return None
     return _one_size(samples)
+
+
+def _writer(compiled: Any, graphs: bool, shapes: list[list[int]]) -> Callable[[Path], None]:
+    """Serialize `compiled` now (an error surfaces here, not halfway through writing an entry) and return what
+    writes it and its description into an engine directory."""
+    with tempfile.TemporaryDirectory(prefix="aitune-aot-") as tmp:
+        compiled.save_compiled_function(str(Path(tmp) / ARTIFACT_FILE))
+        data = (Path(tmp) / ARTIFACT_FILE).read_bytes()
+    info = {"format": _ARTIFACT_FORMAT, "graphs": graphs, "shapes": shapes, "torch": torch.__version__}
+
+    def write(directory: Path) -> None:
+        (directory / ARTIFACT_FILE).write_bytes(data)
+        (directory / INFO_FILE).write_text(json.dumps(info, sort_keys=True))
+
+    return write
 
 
 def aot_compile(module: torch.nn.Module, compile_kwargs: dict[str, Any], example: Sample,
@@ -180,11 +186,28 @@ def aot_compile(module: torch.nn.Module, compile_kwargs: dict[str, Any], example
     import torch._dynamo.config as dynamo_config
 
     args, kwargs = _tree.clone((example.args, example.kwargs))
+    compile_kwargs = dict(compile_kwargs)
+    mode = compile_kwargs.pop("mode", None)
+    options = {**(torch._inductor.list_mode_options(mode) if mode else {}), **compile_kwargs.pop("options", {})}
+    options["guard_filter_fn"] = _serializable_guards
     patch = dynamo_config.patch(enable_aot_compile=True) if hasattr(dynamo_config, "enable_aot_compile") \
         else contextlib.nullcontext()
     with patch, autocast if autocast is not None else contextlib.nullcontext():
-        compiled: Any = torch.compile(entry_point(module), **compile_kwargs)
+        compiled: Any = torch.compile(entry_point(module), options=options, **compile_kwargs)
         return compiled.aot_compile(((module, *args), kwargs))
+
+
+def _serializable_guards(entries: Sequence[Any]) -> list[bool]:
+    """The guards a saved function can carry: none on globals, and none of the kinds Dynamo cannot serialize
+    (object identity, closures, weak references, dict versions), whether as the guard itself or as one it derives
+    from (an enum member compared by identity). What they would have caught, aitune checks itself: the
+    signature's key (grad, autocast and other global modes, dtypes, devices), the call's purity, the module-side
+    values it watches, and this engine's own guard check on the arguments."""
+    from torch._dynamo.guards import CheckFunctionManager
+
+    unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    return [not (e.is_global or e.guard_type in unsupported
+                 or unsupported.intersection(getattr(e, "derived_guard_types", None) or ())) for e in entries]
 
 
 class LoadedCompiledEngine(Engine):
@@ -201,6 +224,15 @@ class LoadedCompiledEngine(Engine):
         self._autocast = autocast
         self.compute_dtype = compute_dtype
         self._fallback: Any = None
+        #: The sizes it was compiled for, when it can be saved (compiled in this process).
+        self.shapes: list[list[int]] | None = None
+
+    def artifact(self, graphs: bool = False) -> Callable[[Path], None]:
+        """The writer of this function's files (see `CompiledEngine.artifact`); `graphs`: the engine serving it
+        replays a CUDA graph around it, to be captured again where it is loaded."""
+        if self.shapes is None:
+            raise NotImplementedError("a function loaded from the cache is saved already")
+        return _writer(self._fn, graphs, self.shapes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self._module()
@@ -226,29 +258,6 @@ class CompiledEngine(Engine):
         self._copy_outputs = copy_outputs
         self._autocast = autocast
         self.compute_dtype = compute_dtype
-        #: What `artifact` compiles from, when this engine can be saved (`TorchInductorJitBackend.build`).
-        self.saving: _Saving | None = None
-
-    def artifact(self) -> Callable[[Path], None]:
-        """Compile the module's forward for saving now (the slow part) and return the function that writes the
-        files into an engine directory. Raises NotImplementedError for an engine that cannot be saved."""
-        module = self._module()
-        if self.saving is None or module is None:
-            raise NotImplementedError("this torch.compile engine cannot be saved (several sizes, grad, or a call "
-                                      "not shown pure); it is rebuilt in each process")
-        saving = self.saving
-        compiled = aot_compile(module, saving.compile_kwargs, saving.example, self._autocast)
-        with tempfile.TemporaryDirectory(prefix="aitune-aot-") as tmp:
-            compiled.save_compiled_function(str(Path(tmp) / ARTIFACT_FILE))
-            data = (Path(tmp) / ARTIFACT_FILE).read_bytes()
-        info = {"format": _ARTIFACT_FORMAT, "graphs": saving.graphs, "shapes": saving.shapes,
-                "torch": torch.__version__}
-
-        def write(directory: Path) -> None:
-            (directory / ARTIFACT_FILE).write_bytes(data)
-            (directory / INFO_FILE).write_text(json.dumps(info, sort_keys=True))
-
-        return write
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         module = self._module()
@@ -294,6 +303,48 @@ class TorchInductorJitBackend(Backend):
 
     def build(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
               device: torch.device) -> Engine:
+        whole = self._build_whole(module, signature, samples, device)
+        return whole if whole is not None else self._build_compiled(module, signature, samples, device)
+
+    def _build_whole(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+                     device: torch.device) -> Engine | None:
+        """For a call shown pure at one size without grad: the forward compiled whole with `aot_compile` (one
+        compile shared with the candidate that differs only in CUDA graphs, and saveable as it is), with a CUDA
+        graph that aitune captures itself where this candidate uses CUDA graphs. None where that does not apply
+        or the whole-graph compile fails (a graph break): torch.compile as usual then."""
+        cfg = self.config
+        how, shapes = _saving_kwargs(cfg), _saveable(signature, samples)
+        if how is None or shapes is None or (how[1] and device.type != "cuda"):
+            return None
+        compile_kwargs, graphs = how
+        autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
+        key = json.dumps([compile_kwargs, cfg.autocast_enabled, cfg.autocast_dtype], sort_keys=True, default=str)
+        found = signature.compiled.get(key)
+        if found is None:
+            try:
+                found = aot_compile(module, compile_kwargs, samples[0], autocast)
+            except Exception as e:  # a forward that does not compile whole: the usual torch.compile
+                found = e
+                logger.debug("%s: no whole-graph compile (%s: %s)", type(module).__name__, type(e).__name__, e)
+            signature.compiled[key] = found
+        if isinstance(found, Exception):
+            return None
+        fn = found
+        fn.disable_guard_check()  # checked by the engine, once per call
+        loaded = LoadedCompiledEngine(module, fn, recompile={**compile_kwargs, "fullgraph": cfg.fullgraph},
+                                      autocast=autocast, compute_dtype=compute_dtype)
+        loaded.shapes = shapes
+        if not graphs:
+            return loaded
+        from aitune.torch._fingerprint import live_weights
+        from aitune.torch.backend._graphs import CapturedGraph
+
+        example = samples[0]
+        return CapturedGraph(loaded, example.args, example.kwargs, device, keep=list(live_weights(module)),
+                             compute_dtype=compute_dtype, runs_no_python=True)
+
+    def _build_compiled(self, module: torch.nn.Module, signature: SignatureRecord, samples: Sequence[Sample],
+                        device: torch.device) -> Engine:
         cfg = self.config
         kwargs: dict[str, Any] = {"backend": "inductor", "fullgraph": cfg.fullgraph, "dynamic": cfg.dynamic}
         if cfg.mode is not None:
@@ -306,10 +357,6 @@ class TorchInductorJitBackend(Backend):
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
         engine = CompiledEngine(module, compiled, copy_outputs=self.uses_cuda_graphs(device), autocast=autocast,
                                  compute_dtype=compute_dtype, bakes_weights=cfg.freezing)
-        how = _saving_kwargs(cfg)
-        shapes = _saveable(signature, samples)
-        if how is not None and shapes is not None and (device.type == "cuda" or not how[1]):
-            engine.saving = _Saving(how[0], samples[0], how[1], shapes)
         if not cfg.freezing:
             return compile_on_samples(engine, samples)
         # Freezing set in Inductor's config while the samples compile, not through `options`: on the H200 with

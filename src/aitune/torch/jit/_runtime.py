@@ -198,7 +198,9 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
     tensors are those it saw, and the sum of their version counters tells whether one was written in place."""
     if st.epoch == EPOCH.value and not _recording(st):
         if not _has_baked_engine(st):
-            return
+            # An engine bound to the weights' memory needs a look only after a `Parameter.data` access.
+            if st.data_accesses == DATA_ACCESSES.value or not _has_bound_engine(st):
+                return
         tensors = st.weight_tensors
         if tensors is not None and st.data_accesses == DATA_ACCESSES.value and \
                 sum(t._version for t in tensors) == st.version_sum:
@@ -252,6 +254,10 @@ def _remember_weights(st: ModuleState, module: torch.nn.Module, ids: tuple[Any, 
 
 def _has_baked_engine(st: ModuleState) -> bool:
     return any(s.engine is not None and s.engine.bakes_weights for s in st.signatures.values())
+
+
+def _has_bound_engine(st: ModuleState) -> bool:
+    return any(s.engine is not None and s.engine.binds_weight_storage for s in st.signatures.values())
 
 
 def _recording(st: ModuleState) -> bool:

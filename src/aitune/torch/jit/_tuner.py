@@ -19,7 +19,7 @@ from aitune.torch._samples import SignatureRecord, first_device
 from aitune.torch._signature._decide import Decision, Plan, candidates, decide, restrict
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._route import drop_engine
-from aitune.torch._signature._weights import DATA_ACCESSES, Baseline
+from aitune.torch._signature._weights import DATA_ACCESSES, Baseline, watch
 from aitune.torch.jit import _tracker
 from aitune.torch.jit._tracker import LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS, config
@@ -181,6 +181,8 @@ def _after(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module, decis
         engine = decision.winner.engine
         if engine is not None and engine.bakes_weights:
             st.weights_baseline = Baseline(module)
+        elif engine is not None and engine.binds_weight_storage:
+            watch()  # a weight moved through `Parameter.data` must be noticed
         st.weight_tensors = list(live_weights(module))
         st.data_accesses = DATA_ACCESSES.value
         if not st.decided:
