@@ -24,6 +24,7 @@ recompiles.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import itertools
 import json
@@ -67,7 +68,16 @@ def entry_point(module: torch.nn.Module) -> Callable[..., Any]:
         return mod.forward(*args, **kwargs)
 
     code = entry.__code__.replace(co_name=f"aitune_{type(module).__name__}_{next(_entry_ids)}")
-    return types.FunctionType(code, entry.__globals__, code.co_name, None, None)
+    return types.FunctionType(code, entry_scope(), code.co_name, None, None)
+
+
+def entry_scope() -> dict[str, Any]:
+    """The globals of an entry function: the builtins by name (code Dynamo writes for a frame may read `type` or
+    `isinstance` as globals; torch 2.11 checks a saved function's globals for them), nothing of aitune's own, and
+    one dict per entry, so what Dynamo installs there for one engine is not seen by another."""
+    scope: dict[str, Any] = dict(vars(builtins))
+    scope.update(__name__=__name__, __builtins__=builtins)
+    return scope
 
 
 class TorchInductorJitBackendConfig(BackendConfig):
@@ -380,7 +390,7 @@ class TorchInductorJitBackend(Backend):
         if shapes != info.get("shapes"):
             raise ValueError(f"saved for sizes {info.get('shapes')}, called with {shapes}")
         with (directory / ARTIFACT_FILE).open("rb") as f:
-            fn: Any = torch.compiler.load_compiled_function(f)
+            fn: Any = torch.compiler.load_compiled_function(f, f_globals=entry_scope())
         fn.disable_guard_check()  # checked by the engine, once per call
         cfg = self.config
         autocast, compute_dtype = autocast_for(cfg.autocast_enabled, cfg.autocast_dtype, device)
