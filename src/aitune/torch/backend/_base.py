@@ -58,7 +58,8 @@ class Backend(abc.ABC):
     """Base of every backend. Subclasses set `config_class`, `kind` and implement `build`."""
 
     config_class: ClassVar[type[BackendConfig]] = BackendConfig
-    #: "jit": rebuilt in each process (torch.compile); "aot": its artifact can be saved and loaded.
+    #: "jit": runs the module's Python (torch.compile), rebuilt in each process unless it saves a whole-graph
+    #: function (TorchInductorJitBackend); "aot": its artifact runs no Python and can be saved and loaded.
     kind: ClassVar[Literal["jit", "aot"]] = "jit"
     #: Device types the backend can build for.
     device_types: ClassVar[tuple[str, ...]] = ("cpu", "cuda")

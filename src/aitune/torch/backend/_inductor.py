@@ -9,16 +9,18 @@ run during the build, so automatic-dynamic recompiles happen while tuning rather
 Known limit: with mode="reduce-overhead" (CUDA graphs) outputs live in graph-owned memory; the engine returns
 copies so a caller keeping an earlier output never sees it overwritten.
 
-Saved engines (the persistent cache). For a signature of one size, recorded without grad and shown pure
-(`_signature._purity`), the winning engine can be saved: the module's forward is compiled once more, whole
-(`fullgraph=True`), with `torch.compile(...).aot_compile`, and the result (Dynamo's bytecode and guards, the
-AOTAutograd and Inductor artifacts) written with `save_compiled_function`. A later process loads it
-(`torch.compiler.load_compiled_function`) without tracing or compiling anything; the module is an argument, so
-the function reads that process's live weights. CUDA graphs are not part of such a file (a loaded artifact runs
-without them whatever mode it was compiled in), so a CUDA-graph engine is saved compiled without them, and
-aitune captures the graph itself around the loaded function (`_graphs.CapturedGraph`). The file is a pickle
-holding code: it is loaded only from a signed entry of the user's own cache (`authenticated`). A call the
-loaded function's guards refuse (other strides, say) compiles the forward afresh, as a torch.compile engine
+Whole-graph engines. For a signature of one size, recorded without grad and shown pure (`_signature._purity`),
+the forward is compiled whole (`fullgraph=True`) with `torch.compile(...).aot_compile`, once per signature and
+compile setting: the default candidate serves that function, and the candidate that differs only in CUDA graphs
+(`reduce-overhead`) a CUDA graph that aitune captures itself around the same function (`_graphs.CapturedGraph`),
+so it costs no second compile. A forward that does not compile whole (a graph break) gets the usual
+torch.compile. Such a function is also what the persistent cache saves (`save_compiled_function`: Dynamo's
+bytecode and guards, the AOTAutograd and Inductor artifacts) and a later process loads
+(`torch.compiler.load_compiled_function`) without tracing or compiling anything. The module is an argument, so
+the function reads the live weights. CUDA graphs are not part of the file, so a CUDA-graph engine is captured
+again where it is loaded. The file is a pickle holding code: it is loaded only from a signed entry of the user's
+own cache (`authenticated`). Guards Dynamo cannot serialize are left out (`_serializable_guards`); a call the
+function's remaining guards refuse (other strides, say) compiles the forward afresh, as a torch.compile engine
 recompiles.
 """
 
@@ -238,7 +240,7 @@ class LoadedCompiledEngine(Engine):
         self.shapes: list[list[int]] | None = None
 
     def artifact(self, graphs: bool = False) -> Callable[[Path], None]:
-        """The writer of this function's files (see `CompiledEngine.artifact`); `graphs`: the engine serving it
+        """The writer of this function's files for the cache (serialized now); `graphs`: the engine serving it
         replays a CUDA graph around it, to be captured again where it is loaded."""
         if self.shapes is None:
             raise NotImplementedError("a function loaded from the cache is saved already")
