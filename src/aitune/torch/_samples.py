@@ -27,7 +27,7 @@ from aitune.torch import _tree
 logger = logging.getLogger(__name__)
 
 #: The life of one input signature: recorded, then tuned (served by an engine) or left eager.
-SignatureStatus = Literal["recording", "tuning", "tuned", "eager"]
+SignatureStatus = Literal["recording", "queued", "tuning", "tuned", "eager"]
 
 
 class InputNormalizer:

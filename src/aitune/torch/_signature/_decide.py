@@ -123,7 +123,7 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     strategy and backends for the samples' device. None when another thread is tuning it already, or it has no
     sample."""
     with sig.lock:
-        if sig.status != "recording" or not sig.samples:
+        if sig.status not in ("recording", "queued") or not sig.samples:
             return None
         sig.status = "tuning"
         samples = list(sig.samples)

@@ -4,6 +4,7 @@ Enable with `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, or 
 Settings: `aitune.torch.jit.config.config`. Deferred tuning: `aitune.torch.jit.tune.deferred()`.
 """
 
+from aitune.torch.jit._background import wait
 from aitune.torch.jit._entry import (
     enable_inspection,
     patch_for_jit_tuning,
@@ -13,4 +14,4 @@ from aitune.torch.jit._entry import (
 from aitune.torch.jit._lifecycle import disable_jit_tuning, enable_jit_tuning, is_enabled
 
 __all__ = ["disable_jit_tuning", "enable_inspection", "enable_jit_tuning", "is_enabled", "patch_for_jit_tuning",
-           "prepare_for_jit_tuning", "print_hierarchy"]
+           "prepare_for_jit_tuning", "print_hierarchy", "wait"]

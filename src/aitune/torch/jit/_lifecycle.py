@@ -12,6 +12,7 @@ from typing import Any
 from aitune.torch import cache
 from aitune.torch._signature import _hooks as hooks
 from aitune.torch.jit import _hook, _report, _runtime, _tracker, _tuner
+from aitune.torch.jit._background import WORKER
 from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 
 logger = logging.getLogger("aitune")
@@ -82,8 +83,11 @@ def enable_jit_tuning() -> bool:
         store = cache.configured_store(config)
         _hook.install(_runtime.make_handler(_tuner.tune_signature))
         hooks.watch()
+        WORKER.restart()
         if not _state["atexit"]:
             atexit.register(_report.at_exit)
+            # Registered after the report, so it runs first: the queue is dropped, a tuning under way abandoned.
+            atexit.register(WORKER.stop)
             _state["atexit"] = True
         _tuner.LISTENERS.add(_on_decision)
     backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"
@@ -97,6 +101,8 @@ def disable_jit_tuning() -> bool:
     with _lock:
         if not _hook.uninstall():
             return False
+        WORKER.stop()
+        WORKER.wait(timeout=60)
         hooks.unwatch()
         _write_report_quietly()
         _tracker.reset()

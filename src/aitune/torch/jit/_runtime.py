@@ -230,7 +230,7 @@ def _check_weights(st: ModuleState, module: torch.nn.Module) -> None:
             if sig.status == "tuning":
                 continue
             stale_engine = sig.engine is not None and (moved or sig.engine.bakes_weights)
-            if stale_engine or (sig.status == "recording" and sig.samples):
+            if stale_engine or (sig.status in ("recording", "queued") and sig.samples):
                 what = "weights replaced or moved" if moved else "weights changed in place"
                 times = st.repeats[what] = st.repeats.get(what, 0) + 1
                 if times == 1:
@@ -261,4 +261,4 @@ def _has_bound_engine(st: ModuleState) -> bool:
 
 
 def _recording(st: ModuleState) -> bool:
-    return any(s.status == "recording" and s.samples for s in st.signatures.values())
+    return any(s.status in ("recording", "queued") and s.samples for s in st.signatures.values())

@@ -21,6 +21,7 @@ from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._route import drop_engine
 from aitune.torch._signature._weights import DATA_ACCESSES, Baseline, watch
 from aitune.torch.jit import _tracker
+from aitune.torch.jit._background import WORKER
 from aitune.torch.jit._tracker import LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS, config
 from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneStrategy, strategy_named
@@ -100,7 +101,18 @@ def reset() -> None:
     BUDGET.reset()
 
 
-def _plan(st: ModuleState, device: torch.device) -> Plan:
+#: Why background tuning leaves a backend out (`_background` names the limits).
+_NOT_IN_BACKGROUND = (
+    (lambda b, device: b.uses_cuda_graphs(device),
+     "background tuning: a CUDA graph serves only the thread that captured it, and capturing it in the serving "
+     "thread is not done yet"),
+    (lambda b, device: b.exports_program(),
+     "background tuning: torch.export, which it builds with, patches torch for the whole process while it traces, "
+     "and the script's own calls run meanwhile"),
+)
+
+
+def _plan(st: ModuleState, device: torch.device, sig: SignatureRecord | None = None) -> Plan:
     backends = candidates(device, config.backends)
     chosen = config.strategy
     strategy: TuneStrategy = (chosen if hasattr(chosen, "tune") else
@@ -115,6 +127,15 @@ def _plan(st: ModuleState, device: torch.device) -> Plan:
         if not backends:
             return Plan(strategy, [], "its weights keep changing in place and every candidate backend holds a "
                                       "copy of them (add one that reads live weights, e.g. TorchInductorJitBackend)")
+    if SETTINGS.background:
+        for refused, why in _NOT_IN_BACKGROUND:
+            for b in [b for b in backends if refused(b, device)]:
+                backends.remove(b)
+                if sig is not None:
+                    sig.not_tried[b.describe()] = why
+        if not backends:
+            return Plan(strategy, [], "background tuning: none of its candidate backends can be built in the "
+                                      "background (see not_tried)")
     return Plan(strategy, backends, one_graph=SETTINGS.detect_graph_breaks)
 
 
@@ -145,8 +166,9 @@ def _dry_run(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module) -> 
     logger.info("%s: %s", st.name, reason)
 
 
-def tune_signature(st: ModuleState, sig: SignatureRecord) -> None:
-    """Tune `sig` of the module of `st` now, unless another thread is (or the module is no longer active)."""
+def tune_signature(st: ModuleState, sig: SignatureRecord, *, now: bool = False) -> None:
+    """Tune `sig` of the module of `st` now, unless another thread is (or the module is no longer active). With
+    `background` set, queue it for the worker instead (`_background`), unless `now`."""
     module = st.ref()
     if module is None or st.status != "active":
         return
@@ -159,7 +181,10 @@ def tune_signature(st: ModuleState, sig: SignatureRecord) -> None:
         BUDGET.refuse(sig, st.name, spent)
         LISTENERS.notify()
         return
-    decision = decide(module, sig, lambda device: _plan(st, device), name=st.name,
+    if SETTINGS.background and not now and not WORKER.in_worker():
+        WORKER.submit(st, sig, _tune_in_worker)
+        return
+    decision = decide(module, sig, lambda device: _plan(st, device, sig), name=st.name,
                       store=cache.configured_store(config), progress=SETTINGS.progress, strict=SETTINGS.strict)
     if decision is None:
         return
@@ -198,6 +223,10 @@ def _after(st: ModuleState, sig: SignatureRecord, module: torch.nn.Module, decis
             logger.info("%s: trying its children instead: %s", st.name, ", ".join(children))
 
 
+def _tune_in_worker(st: ModuleState, sig: SignatureRecord) -> None:
+    tune_signature(st, sig, now=True)
+
+
 def tune_pending(max_modules: int | None = None) -> int:
     """Tune every recorded signature now, outermost modules first. Returns how many signatures were tuned."""
     done = 0
@@ -211,7 +240,7 @@ def tune_pending(max_modules: int | None = None) -> int:
         todo.sort(key=lambda pair: pair[0].depth)
         st, sig = todo[0]
         tried.add(id(sig))
-        tune_signature(st, sig)
+        tune_signature(st, sig, now=True)
         done += 1
         if max_modules is not None and done >= max_modules:
             return done

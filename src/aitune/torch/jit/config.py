@@ -174,6 +174,11 @@ class JITConfig(TrackedSettings):
         default="INFO", description="Level of the stderr log handler the JIT mode installs on the `aitune` logger.",
         json_schema_extra={"accepted": "one of " + ", ".join(_LOG_LEVELS) + " (case-insensitive)"})
     progress: bool = Field(default=True, description="Show progress lines while a long tuning runs.")
+    background: bool = Field(
+        default=False,
+        description="Tune in one aitune worker thread while every call keeps running eagerly; a module switches to "
+                    "its engine once it is decided (aitune.torch.jit.wait() waits for the queue). CUDA-graph "
+                    "candidates are not tried in the background yet.")
     cache_dir: Path | None = Field(
         default=None,
         description="Directory of the persistent cache: each module's decision and saved engine are reused by "
@@ -407,6 +412,10 @@ class _View:
     @property
     def progress(self) -> bool:
         return bool(config.progress)
+
+    @property
+    def background(self) -> bool:
+        return bool(config.background)
 
     @property
     def silenced(self) -> bool:
