@@ -8,6 +8,7 @@ Knows nothing of aitune. It compiles by hand only when asked, the way a user wou
     BENCH_MODEL=resnet50|bert_base|vit_b16|bert_small|cnn_small   BENCH_BATCH=1   BENCH_ITERS=60
     BENCH_COMPILE=eager|default|reduce-overhead|max-autotune-no-cudagraphs   (torch.compile's mode; eager: none)
     BENCH_CHANNELS_LAST=1   (model and input in channels_last; convolutional models only)
+    BENCH_SECONDS=0   (keep calling until this many seconds from the script's start, after BENCH_ITERS calls)
 
 Prints `call_end_s=` (seconds from the script's start to the end of each call, synchronized), `median_ms=` (the
 median of the last half of the calls), `peak_mem_mb=` (torch.cuda.max_memory_allocated) and a checksum.
@@ -26,6 +27,7 @@ name = os.environ.get("BENCH_MODEL", "resnet50")
 batch = int(os.environ.get("BENCH_BATCH", "1"))
 iters = int(os.environ.get("BENCH_ITERS", "60"))
 mode = os.environ.get("BENCH_COMPILE", "eager")
+seconds = float(os.environ.get("BENCH_SECONDS", "0"))
 channels_last = os.environ.get("BENCH_CHANNELS_LAST") == "1"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = torch.float16 if device == "cuda" else torch.float32
@@ -65,7 +67,7 @@ if channels_last:
 run = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
 times, ends = [], []
 with torch.no_grad():
-    for _ in range(iters):
+    while len(times) < iters or time.perf_counter() - START < seconds:
         t0 = time.perf_counter()
         out = run(*inputs)
         if device == "cuda":

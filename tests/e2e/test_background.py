@@ -35,6 +35,12 @@ def test_serving_loop_keeps_running_while_tuning_then_switches(plain_run: PlainR
     # Blocking mode spends the whole tuning (seconds: an Inductor compile) inside one call; here no call waits for
     # it. The bound is far above any eager call of this model and far below a compile.
     assert max(times) < 0.25 * net["tuning_seconds"] * 1000, (max(times), net["tuning_seconds"])
+    # How the figures were taken: the loop calls back to back, so the eager latency comes from its own calls, and
+    # every measured candidate call ran in a slice with the loop's calls held off.
+    timing = sig["timing"]
+    assert timing["thread"] == "background worker", timing
+    assert timing["eager"].startswith("in place"), timing
+    assert timing["held_off_slices"] > 0 and timing["quiet_slices"] == timing["held_off_slices"], timing
 
 
 def test_exit_while_the_worker_tunes_is_clean(plain_run: PlainRun, hooked_run: HookedRun, tmp_path: Path) -> None:
@@ -44,3 +50,17 @@ def test_exit_while_the_worker_tunes_is_clean(plain_run: PlainRun, hooked_run: H
     assert "Traceback" not in run.stderr, run.stderr
     assert "queued for tuning in the background" in run.stderr
     assert all(e.valid for e in cache.entries(root, verify=True))
+
+
+def test_explicit_api_tunes_in_the_background_while_two_threads_call(tmp_path: Path) -> None:
+    import torch
+
+    from tests.e2e.harness import run_script
+
+    run = run_script("explicit_background", tmp_path / "explicit-background", hooked=False).check()
+    got = torch.load(tmp_path / "explicit-background" / "explicit_background.pt", weights_only=False)
+    assert got["state_after_tune"] == "tuning", got  # ait.tune returned before the tuning ended
+    assert got["finished"] and got["state"] == "tuned", (got, run.stderr[-3000:])
+    assert got["served"] > 0, got
+    assert got["worst"] < 1e-4, got  # every answer, before, during and after the switch, from both threads
+    assert got["timing"][0]["thread"] == "background worker", got

@@ -81,6 +81,7 @@ def test_a_growing_sequence_is_served_beyond_the_lengths_it_was_tuned_on(plain_r
     assert entry["state"] == "tuned", hooked.describe()
     sig = entry["signatures"][0]
     assert sig["out_of_range_calls"] == 0 and sig["engine_calls"] >= 34, sig
+    assert sig["timing"]["thread"].startswith("the calling thread"), sig  # blocking mode says where it timed
     assert sig["inputs"][0]["engine_max_shape"] == [1, 45], sig["inputs"]
     assert "serves new sizes along" in hooked.stderr and "recompile" not in hooked.stderr.lower(), hooked.stderr
 

@@ -2,8 +2,9 @@
 
     python tests/gpu/run_cases.py --out DIR [--jobs N] [SCRIPT ...]
 
-Each script runs three times in a fresh interpreter: plain; hooked with aitune's defaults; hooked with
-`AITUNE_MIN_SPEEDUP=1e-6`, so engines serve even where they are not faster and the engine paths are exercised.
+Each script runs in a fresh interpreter: plain; hooked with aitune's defaults; hooked with
+`AITUNE_MIN_SPEEDUP=1e-6`, so engines serve even where they are not faster and the engine paths are exercised;
+hooked with background tuning (`AITUNE_JIT_BACKGROUND=1`), the script's calls running while the worker tunes.
 Results must match the plain run: float tensors within 1e-3 (1e-2 for half precision), keys holding random draws
 made after the model ran bit-identical, everything else equal. Logs, reports (JSON and HTML) and a summary.json
 land in DIR; the table printed at the end says, per script and variant, whether it matched, its wall time and
@@ -29,6 +30,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "plain": {},
     "hooked": {"AUTOWRAPT_BOOTSTRAP": "aitune_enable_jit_tuning"},
     "forced": {"AUTOWRAPT_BOOTSTRAP": "aitune_enable_jit_tuning", "AITUNE_MIN_SPEEDUP": "1e-6"},
+    "background": {"AUTOWRAPT_BOOTSTRAP": "aitune_enable_jit_tuning", "AITUNE_JIT_BACKGROUND": "1"},
 }
 
 
@@ -91,11 +93,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=500)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    if "plain" not in args.variants:
+        args.variants.insert(0, "plain")
     names = args.scripts or sorted(p.stem for p in SCRIPTS.glob("*.py"))
     args.out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda sv: run(*sv, args.out, args.timeout), [(s, v) for s in names for v in VARIANTS]))
+        jobs = [(s, v) for s in names for v in args.variants]
+        runs = list(pool.map(lambda sv: run(*sv, args.out, args.timeout), jobs))
     rows, failed = [], 0
     for s in names:
         mine = {r["variant"]: r for r in runs if r["script"] == s}
@@ -118,7 +124,7 @@ def main() -> int:
                                                        if torch.cuda.is_available() else "cpu",
                                                        "torch": torch.__version__, "runs": rows}, indent=1))
     for r in rows:
-        print(f"{r['script']:14} {r['variant']:7} {r['seconds']:7.1f}s  {r['verdict']}"
+        print(f"{r['script']:14} {r['variant']:10} {r['seconds']:7.1f}s  {r['verdict']}"
               + (f"  tuned: {shorten(r['tuned'])}" if r.get("tuned") else ""))
     return 1 if failed else 0
 

@@ -2,7 +2,7 @@
 
 Explicit API: `ait.Module(module)` marks a module, `ait.tune(model, dataset)` records and tunes the marked
 modules, `ait.inspect(pipeline, dataset)` shows where time goes and `ait.wrap(pipeline, modules)` marks modules
-by attribute path; `ait.save` / `ait.load` ship tuned engines.
+by attribute path; `ait.save` / `ait.load` ship tuned engines; `ait.wait()` waits for background tuning.
 JIT mode (zero code): `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, see `aitune.torch.jit`.
 Backends: `aitune.torch.backend`; strategies: `aitune.torch.tune_strategy`; global settings: `ait.config`
 (also `aitune.torch.config.config`); JIT settings: `ait.jit_config` (also `aitune.torch.jit.config.config`).
@@ -43,6 +43,7 @@ from aitune.torch._explicit._checkpoint import load, save
 from aitune.torch._explicit._inspect import InspectResult, inspect
 from aitune.torch._explicit._module import Module
 from aitune.torch._explicit._wrap import wrap
+from aitune.torch._signature._background import wait
 from aitune.torch.tune_strategy import (
     FirstWinsStrategy,
     HighestThroughputStrategy,
@@ -95,5 +96,6 @@ __all__ = [
     "strategies",
     "tune",
     "tune_strategy",
+    "wait",
     "wrap",
 ]

@@ -204,6 +204,11 @@ class SignatureRecord:
     #: Whole-graph compiles of its forward made while tuning, shared by the candidates that differ only in CUDA
     #: graphs (`backend._inductor`); emptied when its samples are released.
     compiled: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: How its tuning's figures were taken: in which thread, whether the script's calls were held off, where
+    #: the eager latency came from (`_signature._background`); reported as `timing`.
+    timing: dict[str, Any] = field(default_factory=dict)
+    #: While background tuning takes its eager latency from the script's own calls: the probe that times them.
+    eager_probe: Any = field(default=None, repr=False)
 
     @classmethod
     def from_call(cls, key: Any, named: tuple[tuple[str, Any], ...]) -> SignatureRecord:
@@ -344,7 +349,8 @@ class SignatureRecord:
                 "recorded_eager_ms": _round(statistics.median(self.recorded_ms)) if self.recorded_ms else None,
                 "watched": [w.describe() for w in self.watch.items] if self.watch is not None else [],
                 "inplace": self.inplace.to_report() if self.inplace is not None else None,
-                "cache_reuse": self.reuse}
+                "cache_reuse": self.reuse, "timing": dict(self.timing) or None,
+                "graphs": self.engine.graph_report() if hasattr(self.engine, "graph_report") else None}
 
 
 #: The key of the one record that counts the calls of signatures past `max_signatures`.

@@ -1,16 +1,33 @@
 """Latency measurement: warm-up, then a measured window of single calls, device-synchronized, median.
 
+A thread may ask for each measured call to run in a slice of its own (`HELD_OFF.slice`): background tuning's
+worker holds the script's calls off meanwhile (`_signature._background.Quiet`), so that they do not decide the
+winner. A call that takes longer than `HELD_OFF.limit_ms` ends the slices for the rest of that measurement (it is
+slower than eager, so it cannot win, and the script's calls are not held off that long).
+
 Known limit: each call is synchronized, so the figure is latency, not pipelined throughput.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+class HeldOff(threading.local):
+    """Per thread: what each measured call runs in (see the module docstring)."""
+
+    slice: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+    limit_ms: float | None = None
+
+
+HELD_OFF = HeldOff()
 
 
 def _sync(device: torch.device) -> None:
@@ -31,14 +48,19 @@ def measure_latency_ms(fn: Callable[..., Any], inputs: Callable[[], tuple[tuple[
     _sync(device)
     times: list[float] = []
     budget_end = time.perf_counter() + max_seconds
+    held = HELD_OFF.slice
+    limit = HELD_OFF.limit_ms
     for _ in range(iterations):
         args, kwargs = inputs()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn(*args, **kwargs)
-        _sync(device)
-        t1 = time.perf_counter()
+        with held() if held is not None else contextlib.nullcontext():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            _sync(device)
+            t1 = time.perf_counter()
         times.append(t1 - t0)
+        if limit is not None and (t1 - t0) * 1000 > limit:
+            held = None
         if t1 > budget_end and len(times) >= 3:
             break
     return statistics.median(times) * 1000.0

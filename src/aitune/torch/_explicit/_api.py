@@ -32,6 +32,7 @@ from aitune.torch._explicit._module import find_wrappers
 from aitune.torch._explicit._runtime import LIVE, ModuleRuntime, RuntimeState
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._settings._sources import ensure_settings_loaded
+from aitune.torch._signature._background import WORKER
 from aitune.torch._signature._decide import Plan, candidates, decide
 from aitune.torch._signature._record import release_samples
 from aitune.torch.jit.config import SETTINGS, config
@@ -44,12 +45,18 @@ _WRAP_HINT = ("wrap the modules to tune first: `model = ait.Module(model)`, `par
 
 
 def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
-         func: Callable[..., Any] | None = None, strategy: TuneStrategy | None = None) -> Any:
+         func: Callable[..., Any] | None = None, strategy: TuneStrategy | None = None,
+         background: bool | None = None) -> Any:
     """Run `dataset` through `func` (default: `model_or_pipeline` itself) and tune every `ait.Module` it reaches.
 
     Each dataset item is passed as `f(**item)` for a mapping, `f(*item)` for a tuple or list, else `f(item)`;
     the run is under `torch.no_grad()`. `strategy` is used for wrappers created without one of their own.
     Returns `model_or_pipeline`, or `func` when no model was given.
+
+    `background=True` (default: the `background` setting, `AITUNE_JIT_BACKGROUND`): the dataset is recorded
+    here, then the tuning runs in aitune's worker thread (`_signature._background`) and `tune` returns at once;
+    the wrappers' calls run eagerly until their signatures are decided, then switch to the engines.
+    `aitune.torch.jit.wait()` waits for it.
 
     Raises UsageError when nothing can be tuned (no wrapper, empty dataset); a backend that fails never makes
     `tune` fail (its module stays eager) unless `aitune.torch.config.config.strict` is set.
@@ -98,6 +105,10 @@ def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
             raise UsageError(f"no ait.Module was called while the dataset ran: {_WRAP_HINT}", obj=f)
         runtimes = called
     logger.info("ait.tune: %d input(s) recorded for %s", count, ", ".join(rt.name for rt in runtimes))
+    if background if background is not None else SETTINGS.background:
+        for rt in runtimes:
+            queue_runtime(rt, strategy)
+        return model_or_pipeline if model_or_pipeline is not None else func
     done = 0
     try:
         for rt in runtimes:
@@ -138,6 +149,33 @@ def tune_runtime(rt: ModuleRuntime, default: TuneStrategy | None = None) -> None
             tune_signature(rt, sig, chosen, label)
     finally:
         rt.settle()
+
+
+def queue_runtime(rt: ModuleRuntime, default: TuneStrategy | None = None) -> None:
+    """`tune_runtime` in the background: every recorded signature of `rt` is queued for the worker, and `rt`
+    settles when the last of them is decided; meanwhile it is in state "tuning"."""
+    index = {key: i for i, key in enumerate(rt.signatures)}
+    pending = list(rt.recorded())
+    if not pending:
+        tune_runtime(rt, default)  # nothing to queue: says so, and settles
+        return
+    with rt.lock:
+        rt.state = "tuning"
+    for sig in pending:
+        i = index.get(sig.key, 0)
+        chosen = rt.strategy_for(i) or default
+        label = rt.name if len(rt.signatures) == 1 else f"{rt.name} (signature #{i + 1})"
+
+        def run(runtime: ModuleRuntime, signature: SignatureRecord, chosen: TuneStrategy | None = chosen,
+                label: str = label) -> None:
+            try:
+                tune_signature(runtime, signature, chosen, label)
+            finally:
+                if not any(s.status in ("queued", "tuning") for s in runtime.signatures.values()):
+                    runtime.settle()
+
+        if not WORKER.submit(rt, sig, run):  # the worker is stopping (interpreter exit): tune it here
+            run(rt, sig)
 
 
 def tune_signature(rt: ModuleRuntime, sig: SignatureRecord, strategy: TuneStrategy | None, label: str) -> None:

@@ -5,6 +5,8 @@ A `ModuleRuntime` belongs to one `ait.Module` wrapper. Its states (`RuntimeState
 
     passthrough -> calls run eagerly, nothing is recorded (the initial state)
     recording   -> calls run eagerly; up to `max_num_samples_stored` samples per input signature are kept
+    tuning      -> `ait.tune(..., background=True)` queued its signatures: calls run eagerly until the worker
+                   has decided a signature, then as in `tuned`; nothing new is recorded
     tuned       -> calls whose signature has an engine, with shapes in the engine's range, run the engine
 
 Signatures are keyed exactly as in JIT mode (`_samples.SignatureTable`), so a decision, a sample or a saved
@@ -32,6 +34,7 @@ from torch.compiler import is_dynamo_compiling
 from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import weights_state
 from aitune.torch._samples import SignatureRecord, SignatureTable
+from aitune.torch._signature._background import QUIET
 from aitune.torch._signature._hooks import (
     HOOKS,
     blocked_by,
@@ -55,7 +58,7 @@ from aitune.torch.tune_strategy._base import CandidateResult, TuneStrategy
 
 logger = logging.getLogger(__name__)
 
-RuntimeState = Literal["passthrough", "recording", "tuned"]
+RuntimeState = Literal["passthrough", "recording", "tuning", "tuned"]
 
 
 def _settings() -> Any:
@@ -199,6 +202,14 @@ class ModuleRuntime:
     # -- calls -------------------------------------------------------------------------------------------------
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if QUIET.active and QUIET.enter():  # background tuning is timing: wait for its slice to end
+            try:
+                return self._call(args, kwargs)
+            finally:
+                QUIET.leave()
+        return self._call(args, kwargs)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         module = self.module
         if GUARD.own_work or tracing():
             return module(*args, **kwargs)
@@ -248,7 +259,8 @@ class ModuleRuntime:
                                max_samples=int(settings.max_num_samples_stored),
                                max_bytes=int(settings.max_samples_bytes),
                                fail_open=lambda where, e: FAIL_OPEN.handle(where, e, strict=strict))
-        return eager()
+        probe = sig.eager_probe  # background tuning takes its eager latency from this call
+        return eager() if probe is None else probe.run(eager)
 
     def eager(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, forward_only: bool = False) -> Any:
         """The wrapped module's own call, with its hooks (its forward alone when they are being run around this

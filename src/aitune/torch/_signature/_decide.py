@@ -23,6 +23,7 @@ import torch
 from aitune.torch import _tree
 from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
+from aitune.torch._signature._background import WORKER, eager_in_place
 from aitune.torch._signature._inplace import ACTIVITY, InPlaceCheck
 from aitune.torch._signature._purity import Purity, Watch, probe
 from aitune.torch._signature._quiet import libraries_quiet
@@ -146,15 +147,49 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
             job.pure = sig.shown_pure = chosen.pure
+            if WORKER.in_worker():
+                job.eager_in_place = lambda: eager_in_place(sig, device)
+            else:
+                sig.timing = {"thread": "the calling thread, the script waiting for it"}
             with OwnWork(), libraries_quiet(), rng_kept():
                 outcome = run(job, chosen.strategy, store)
                 reference = job.timing_sample() if outcome.winner is not None else None
+                if outcome.winner is not None and WORKER.in_worker():
+                    _graph_at_switch(module, sig, samples, outcome.winner, job)
     except Exception as e:  # any failure inside tuning leaves the signature eager (strict mode re-raises it)
         error = e
     decision = Decision(name, outcome, error, time.perf_counter() - start, strict)
     ACTIVITY.bump()
     commit(sig, decision, samples, reference, label, watch=chosen.watch if chosen is not None else None)
     return decision
+
+
+def _graph_at_switch(module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample],
+                     winner: CandidateResult, job: TuneJob) -> None:
+    """Background tuning on CUDA: a winner whose call is static gets its CUDA graph on the serving thread's calls
+    (`backend._graphs.GraphAtSwitch`), where a graph may be captured; not where a CUDA graph is ruled out (an
+    output aliasing what the caller may edit, a cache object among the inputs, several calling threads)."""
+    from aitune.torch._signature._confirm import LiveCheck
+
+    engine = winner.engine
+    # An engine from the cache is on probation first (`LiveCheck`): the graph goes inside, so that the probation's
+    # comparisons (which synchronize) never run within a capture.
+    probation = engine if isinstance(engine, LiveCheck) else None
+    inner = probation.engine if probation is not None else engine
+    if inner is None or job.device.type != "cuda" or not getattr(type(inner), "static_call", False):
+        return
+    if sig.aliases is not None or CALLERS.several() or any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
+        return
+    from aitune.torch._fingerprint import live_weights
+    from aitune.torch.backend._graphs import GraphAtSwitch
+
+    graph = GraphAtSwitch(inner, job.device, keep=list(live_weights(module)), calls=lambda: sig.calls,
+                          tolerances=dict(job.tolerances), activity=lambda: ACTIVITY.value)
+    if probation is not None:
+        probation.engine = graph
+        object.__setattr__(probation, "binds_weight_storage", True)
+    else:
+        winner.engine = graph
 
 
 def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample], name: str) -> Plan:

@@ -65,14 +65,18 @@ class InPlaceCheck:
         self._seen = 0  # calls of the current window
         self._windows = 1
         self._last: tuple[float, str, int] | None = None  # the previous call: start, route, activity count
-        self._thread = threading.get_ident()
+        # The thread of its first call: the check is made where the engine serves (background tuning installs
+        # engines from aitune's worker thread).
+        self._thread: int | None = None
 
     def route(self, now: float | None = None) -> Literal["engine", "eager", "done"]:
         """Where this call goes: "engine" or "eager" while the check runs, "done" once it has a verdict."""
         if self.verdict != "running":
             return "done"
         now = time.perf_counter() if now is None else now
-        if threading.get_ident() != self._thread:
+        if self._thread is None:
+            self._thread = threading.get_ident()
+        elif threading.get_ident() != self._thread:
             self._finish("skipped", "calls come from several threads")
             return "done"
         last, activity = self._last, ACTIVITY.value

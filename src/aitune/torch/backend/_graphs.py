@@ -1,4 +1,5 @@
-"""CapturedGraph: a CUDA graph that aitune captures itself around an engine whose call is static.
+"""CapturedGraph: a CUDA graph that aitune captures itself around an engine whose call is static; GraphAtSwitch:
+the same, captured on the serving thread's own calls after background tuning installed the engine.
 
 The engine runs on static copies of one sample's inputs, a few times on a side stream (lazy initialisation:
 kernels loaded, workspaces allocated), then once under `torch.cuda.graph` in the thread-local capture mode, so
@@ -12,10 +13,22 @@ cudagraph trees), but a weight moved to new memory (`p.data = q`, a replaced par
 would not. The engine therefore says so (`binds_weight_storage`): the fronts drop it when a weight's storage
 moved, and it keeps the tensors it was captured with alive, so the memory it reads is never reused while it
 exists. Like every CUDA-graph engine it serves only the thread that captured it (`SignatureRecord.graph_thread`).
+
+GraphAtSwitch serves with the engine inside it and moves to a graph on the calls of the thread that calls it
+first (background tuning's worker may neither capture nor time a graph while the script runs, see
+`_signature._background`). One call each, so that none is slowed much: the first runs the engine (the thread's
+libraries warm up); the second captures, served by the warm-up run on its inputs; the third replays and is
+compared with the engine on the same inputs (a mismatch ends it: the engine serves alone); then graph and engine
+take turns in blocks, timed by the period between the signature's consecutive calls, and the faster serves from
+then on. Calls from other threads, and calls whose inputs differ from the capture, run the engine.
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,8 @@ import torch
 
 from aitune.torch import _tree
 from aitune.torch.backend._base import Engine
+
+logger = logging.getLogger(__name__)
 
 #: Runs of the engine before the capture.
 WARMUP_RUNS = 2
@@ -39,7 +54,7 @@ class CapturedGraph(Engine):
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device,
                  *, keep: Sequence[torch.Tensor] = (), compute_dtype: torch.dtype | None = None,
-                 runs_no_python: bool = False) -> None:
+                 runs_no_python: bool = False, warmup_runs: int = WARMUP_RUNS) -> None:
         if device.type != "cuda":
             raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
         self.compute_dtype = compute_dtype
@@ -51,9 +66,11 @@ class CapturedGraph(Engine):
         stream = torch.cuda.Stream(device)
         current = torch.cuda.current_stream(device)
         stream.wait_stream(current)
+        #: The last warm-up run's outputs: fresh tensors, computed from this call's inputs.
+        self.warm_outputs: Any = None
         with torch.cuda.stream(stream):
-            for _ in range(WARMUP_RUNS):
-                fn(*static_args, **static_kwargs)
+            for _ in range(max(1, warmup_runs)):
+                self.warm_outputs = fn(*static_args, **static_kwargs)
         current.wait_stream(stream)
         torch.cuda.synchronize(device)
         self._graph = torch.cuda.CUDAGraph()
@@ -79,4 +96,156 @@ class CapturedGraph(Engine):
     def release(self) -> None:
         self._graph.reset()
         self._outputs = None
+        self._keep = []
+
+
+#: Calls of the graph-against-engine turns, in blocks of a quarter each.
+TURN_CALLS = 16
+#: Windows of turns run before an inconclusive comparison keeps the graph.
+TURN_WINDOWS = 3
+
+
+class GraphAtSwitch(Engine):
+    """`inner` (an engine whose call is static), moving to a CUDA graph on its serving thread's calls (see the
+    module docstring). `calls()` counts the signature's calls (all routes): a period between two of its own calls
+    counts only when no other call of the signature came between them; `tolerances` compare graph and engine."""
+
+    binds_weight_storage = True
+
+    def __init__(self, inner: Engine, device: torch.device, *, keep: Sequence[torch.Tensor],
+                 calls: Callable[[], int], tolerances: dict[str, tuple[float, float]],
+                 activity: Callable[[], int] = lambda: 0) -> None:
+        self.inner = inner
+        self.device = device
+        self.compute_dtype = getattr(inner, "compute_dtype", None)
+        self.runs_no_python = getattr(inner, "runs_no_python", False)
+        self.bakes_weights = getattr(inner, "bakes_weights", False)
+        self._keep = list(keep)
+        self._calls = calls
+        self._activity = activity
+        self._tolerances = tolerances
+        self._thread: int | None = None
+        self._lock = threading.Lock()
+        self.stage = "warm-up"  # -> capture -> compare -> turns -> graph | engine
+        self.graph: CapturedGraph | None = None
+        self.why: str | None = None
+        self.capture_ms: float | None = None
+        self._periods: dict[str, list[float]] = {"graph": [], "engine": []}
+        self._seen = 0
+        self._windows = 1
+        self._last: tuple[float, str, int, int] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        me = threading.get_ident()
+        with self._lock:
+            if self._thread is None:
+                self._thread = me
+        if me != self._thread or self.stage == "engine":
+            return self.inner(*args, **kwargs)
+        stage = self.stage
+        if stage == "graph":
+            return self._replay(args, kwargs)
+        if stage == "warm-up":
+            self.stage = "capture"
+            return self.inner(*args, **kwargs)
+        if stage == "capture":
+            return self._capture(args, kwargs)
+        if stage == "compare":
+            return self._compare(args, kwargs)
+        return self._turn(args, kwargs)
+
+    def _replay(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        graph = self.graph
+        if graph is None or not _tree.refill(graph._static, (args, kwargs)):
+            return self.inner(*args, **kwargs)
+        graph._graph.replay()
+        return _tree.tree_map(torch.Tensor.clone, graph._outputs)
+
+    def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            graph = CapturedGraph(self.inner, args, kwargs, self.device, keep=self._keep,
+                                  compute_dtype=self.compute_dtype, runs_no_python=self.runs_no_python,
+                                  warmup_runs=1)
+        except Exception as e:  # the graph is an improvement only: the engine serves on
+            self._give_up(f"capturing the CUDA graph failed: {type(e).__name__}: {e}"[:300])
+            return self.inner(*args, **kwargs)
+        self.capture_ms = (time.perf_counter() - start) * 1000
+        self.graph = graph
+        out, graph.warm_outputs = graph.warm_outputs, None
+        self.stage = "compare"
+        return out
+
+    def _compare(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        from aitune.torch._checking import compare_outputs
+
+        replayed = self._replay(args, kwargs)
+        out = self.inner(*args, **kwargs)
+        checked = compare_outputs(out, replayed, self._tolerances, self.compute_dtype)
+        if not checked.ok:
+            self._give_up(f"the CUDA graph's outputs differ from the engine's: {checked.reason}"[:300])
+        else:
+            self.stage = "turns"
+        return out
+
+    def _turn(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        now, calls, activity = time.perf_counter(), self._calls(), self._activity()
+        last = self._last
+        if last is not None and calls == last[2] + 1 and activity == last[3]:
+            self._periods[last[1]].append(now - last[0])
+        if self._seen >= TURN_CALLS and self._conclude():
+            return self._replay(args, kwargs) if self.stage == "graph" else self.inner(*args, **kwargs)
+        block = max(1, TURN_CALLS // 4)
+        route = "graph" if (self._seen // block) % 2 == 0 else "engine"
+        self._seen += 1
+        self._last = (now, route, calls, activity)
+        return self._replay(args, kwargs) if route == "graph" else self.inner(*args, **kwargs)
+
+    def _conclude(self) -> bool:
+        graph, engine = self._periods["graph"], self._periods["engine"]
+        if len(graph) >= 3 and len(engine) >= 3:
+            g, e = statistics.median(graph) * 1e3, statistics.median(engine) * 1e3
+            if g < e:
+                self.stage = "graph"
+                self.why = f"the CUDA graph is faster in place: {g:.3f} ms vs {e:.3f} ms between calls"
+                logger.info("CUDA graph captured on the serving thread kept: %.3f ms vs %.3f ms between calls", g, e)
+            else:
+                self._give_up(f"the CUDA graph was not faster in place: {g:.3f} ms vs {e:.3f} ms between calls")
+            return True
+        if self._windows >= TURN_WINDOWS:
+            self.stage = "graph"
+            self.why = "too few undisturbed calls to compare; the CUDA graph serves"
+            return True
+        self._windows += 1
+        self._seen = 0
+        return False
+
+    def _give_up(self, why: str) -> None:
+        self.stage = "engine"
+        self.why = why
+        logger.info("CUDA graph around the engine dropped: %s", why)
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            graph.release()
+
+    def graph_report(self) -> dict[str, Any]:
+        def ms(values: list[float]) -> float | None:
+            return round(statistics.median(values) * 1e3, 4) if values else None
+
+        return {"stage": self.stage, "why": self.why, "capture_ms": None if self.capture_ms is None else
+                round(self.capture_ms, 2), "graph_period_ms": ms(self._periods["graph"]),
+                "engine_period_ms": ms(self._periods["engine"])}
+
+    def artifact(self) -> Callable[[Path], None]:
+        """The saved form of the engine inside (a loaded one is wrapped again where it is used)."""
+        inner = getattr(self.inner, "artifact", None)
+        if inner is None:
+            raise NotImplementedError("the engine inside cannot be saved")
+        writer: Callable[[Path], None] = inner()
+        return writer
+
+    def release(self) -> None:
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            graph.release()
         self._keep = []

@@ -227,6 +227,8 @@ class LoadedCompiledEngine(Engine):
     served by a fresh torch.compile of the forward from then on (compiled at that call)."""
 
     runs_no_python = True
+    #: Its call is static (one size, pure): a CUDA graph may be captured around it (`_graphs`).
+    static_call = True
 
     def __init__(self, module: torch.nn.Module, fn: Any, *, recompile: dict[str, Any],
                  autocast: torch.autocast | None, compute_dtype: torch.dtype | None) -> None:

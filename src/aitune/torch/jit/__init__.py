@@ -4,7 +4,7 @@ Enable with `AUTOWRAPT_BOOTSTRAP=aitune_enable_jit_tuning python script.py`, or 
 Settings: `aitune.torch.jit.config.config`. Deferred tuning: `aitune.torch.jit.tune.deferred()`.
 """
 
-from aitune.torch.jit._background import wait
+from aitune.torch._signature._background import wait
 from aitune.torch.jit._entry import (
     enable_inspection,
     patch_for_jit_tuning,

@@ -11,8 +11,8 @@ from typing import Any
 
 from aitune.torch import cache
 from aitune.torch._signature import _hooks as hooks
+from aitune.torch._signature._background import WORKER
 from aitune.torch.jit import _hook, _report, _runtime, _tracker, _tuner
-from aitune.torch.jit._background import WORKER
 from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 
 logger = logging.getLogger("aitune")

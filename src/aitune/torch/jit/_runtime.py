@@ -3,7 +3,8 @@
 `make_handler(tune)` builds the function the hook calls for a module that is not passing straight through. Per
 call: discover the module (`_tracker`), drop engines and samples that no longer match its weights, look its
 signature up, then route the call through the shared signature runtime (`aitune.torch._signature`): its engine,
-a recorded eager call (which calls `tune(state, signature)` once enough calls were recorded), or eager. Failures
+a recorded eager call (which calls `tune(state, signature)` once enough calls were recorded), or eager. While
+background tuning times a candidate, a call waits for that slice first (`_signature._background.Quiet`). Failures
 of aitune's own logic follow the shared fail-open policy: the call runs eagerly (strict mode raises).
 """
 
@@ -18,6 +19,7 @@ import torch
 from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import live_weights, weights_state
 from aitune.torch._samples import SignatureRecord
+from aitune.torch._signature._background import QUIET
 from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
 from aitune.torch._signature._record import BUDGET, record_call, release_samples
 from aitune.torch._signature._route import (
@@ -46,6 +48,15 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
 
     def handle_call(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        if QUIET.active and QUIET.enter():  # background tuning is timing: wait for its slice to end
+            try:
+                return handle(module, st, args, kwargs)
+            finally:
+                QUIET.leave()
+        return handle(module, st, args, kwargs)
+
+    def handle(module: torch.nn.Module, st: ModuleState | None, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
         if GUARD.own_work or GUARD.wrapped or tracing():
             return _original_call(module, *args, **kwargs)
         try:
@@ -106,7 +117,8 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
         if route == "confirm_size":
             return run_confirming_size(sig, shapes, args, kwargs, eager, name=st.name, strict=SETTINGS.strict)
         if route == "eager":
-            return eager()
+            probe = sig.eager_probe  # background tuning takes its eager latency from this call
+            return eager() if probe is None else probe.run(eager)
         strict = SETTINGS.strict
         waiting = SETTINGS.batch_axis_required and SETTINGS.min_samples > 1
         if waiting:

@@ -16,12 +16,12 @@ import torch
 from aitune.torch import cache
 from aitune.torch._fingerprint import live_weights, weights_state
 from aitune.torch._samples import SignatureRecord, first_device
+from aitune.torch._signature._background import WORKER
 from aitune.torch._signature._decide import Decision, Plan, candidates, decide, restrict
 from aitune.torch._signature._record import release_samples
 from aitune.torch._signature._route import drop_engine
 from aitune.torch._signature._weights import DATA_ACCESSES, Baseline, watch
 from aitune.torch.jit import _tracker
-from aitune.torch.jit._background import WORKER
 from aitune.torch.jit._tracker import LOCK, ModuleState
 from aitune.torch.jit.config import SETTINGS, config
 from aitune.torch.tune_strategy import HighestThroughputStrategy, TuneStrategy, strategy_named
@@ -104,8 +104,8 @@ def reset() -> None:
 #: Why background tuning leaves a backend out (`_background` names the limits).
 _NOT_IN_BACKGROUND = (
     (lambda b, device: b.uses_cuda_graphs(device),
-     "background tuning: a CUDA graph serves only the thread that captured it, and capturing it in the serving "
-     "thread is not done yet"),
+     "background tuning: a CUDA graph cannot be captured or timed in aitune's worker while the script runs; a "
+     "winner whose call is static gets its CUDA graph on the script's own calls after the switch instead"),
     (lambda b, device: b.exports_program(),
      "background tuning: torch.export, which it builds with, patches torch for the whole process while it traces, "
      "and the script's own calls run meanwhile"),

@@ -54,6 +54,9 @@ class TuneJob:
     #: The call was shown pure (`_signature._purity`): a saved trace of it (which runs none of the module's
     #: Python) may be stored and reused.
     pure: bool = False
+    #: Where the eager latency can be taken in place instead of timed here (background tuning: the script's own
+    #: calls, `_signature._background.eager_in_place`); None from it means: time it here.
+    eager_in_place: Callable[[], float | None] | None = field(default=None, repr=False)
     _eager_ms: float | None = field(default=None, repr=False)
 
     def timing_sample(self) -> Sample:
@@ -82,6 +85,8 @@ class TuneJob:
                                   max_seconds=self.max_seconds)
 
     def eager_latency_ms(self) -> float:
+        if self._eager_ms is None and self.eager_in_place is not None:
+            self._eager_ms = self.eager_in_place()
         if self._eager_ms is None:
             module = self.module
             self._eager_ms = self.time(lambda *a, **k: module.forward(*a, **k))

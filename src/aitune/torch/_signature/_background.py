@@ -2,36 +2,168 @@
 
 The call that completes a signature's recording queues it (`queued`) and returns with its eager result; so do
 that module's later calls, until the worker has decided. Exactly one worker runs (torch.compile is not safe to
-run from two threads at once), taking the outermost queued module first, so the top-down walk is kept: a tuned
-module's descendants are detached before they would be tried, a module that stays eager hands over to its
-children, which queue in turn. The decision is committed as in blocking mode (`_signature._decide.commit`):
+run from two threads at once), taking the outermost queued module first, so JIT mode's top-down walk is kept: a
+tuned module's descendants are detached before they would be tried, a module that stays eager hands over to its
+children, which queue in turn. The explicit API queues its wrappers' signatures the same way
+(`ait.tune(..., background=True)`). The decision is committed as in blocking mode (`_signature._decide.commit`):
 the engine is set before the signature says `tuned`, so a call is served entirely by eager or entirely by the
 engine. While the worker runs, Python's thread switch interval is lowered (5 ms to 0.5 ms), so the serving
 thread waits less for the interpreter lock through Dynamo's and Inductor's long stretches of Python.
 
-Known limits of this first version: CUDA-graph candidates are not tried in the background (a CUDA graph serves
-only the thread that captured it, and capturing it in the serving thread at the switch is not done yet);
-candidates are timed in the worker while the script runs, so their figures include its interference, and the
-in-place check (`_signature._inplace`) then compares the winner with eager in the serving thread, reverting it
-where it is not faster; on torch 2.11, Inductor settings that aitune patches for a build apply process-wide for
-that moment. At interpreter exit the queue is dropped and a tuning under way is abandoned (the worker is a
-daemon thread; the persistent cache publishes only complete entries).
+How candidates are timed, so that the script's concurrent work does not decide the winner (`Quiet`):
+- each measured call of a candidate runs in a slice during which the script's calls of tracked modules are held
+  off: the slice starts once the calls in flight have returned (and the device is synchronized), and a script
+  call that arrives meanwhile waits for the slice, at most one candidate call; slices and calls alternate;
+- the eager latency is taken from the script's own calls of that signature, in place (`eager_in_place`): the
+  worker waits while the next few calls run eagerly, each synchronized before and after; a script that does not
+  call within a second gets it timed by the worker, in slices like the candidates;
+- the report's `timing` says how each signature's figures were taken; the in-place check
+  (`_signature._inplace`) then compares the winner with eager on the script's calls, after the switch.
+
+CUDA graphs: a CUDA graph must be captured where it will replay, and capturing one while another thread
+synchronizes the device breaks the capture, so the worker neither captures nor times one. A winner whose call is
+static (a whole-graph torch.compile function for one size) is installed in a wrapper that captures its graph on
+the serving thread's own calls (`backend._graphs.GraphAtSwitch`).
+
+At interpreter exit the queue is dropped and a tuning under way is abandoned (the worker is a daemon thread; the
+persistent cache publishes only complete entries). Known limit: on torch 2.11, Inductor settings that aitune
+patches for a build apply process-wide for that moment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import statistics
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import torch
+
+from aitune.torch import _timing
 
 logger = logging.getLogger(__name__)
 
 #: The switch interval while the worker runs (seconds).
 SWITCH_INTERVAL_S = 0.0005
+#: How long a slice waits for the script's calls in flight to return before it is timed anyway (seconds).
+SLICE_WAIT_S = 0.25
+#: The script's own calls the eager latency is taken from, and how long the worker waits for them (seconds).
+EAGER_CALLS = 10
+EAGER_WAIT_S = 1.0
 
-Job = tuple[Any, Any]  # (ModuleState, SignatureRecord)
+
+class Quiet:
+    """Timing slices of the worker, the script's calls held off meanwhile (see the module docstring).
+
+    `active` is read without the lock on every tracked call: while it is False a call costs nothing more."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.active = False
+        self._wanted = False
+        self._inside = 0
+        self._waiting = 0
+        self._local = threading.local()
+        self.reset()
+
+    def reset(self) -> None:
+        self.slices = 0
+        self.quiet_slices = 0
+        self.longest_hold_ms = 0.0
+
+    def enter(self) -> bool:
+        """At the start of a script call while the worker tunes (not nested in another); True when the caller
+        must call `leave()` after it."""
+        local = self._local
+        if getattr(local, "inside", False) or WORKER.in_worker():
+            return False
+        with self._cond:
+            if self._wanted:
+                self._waiting += 1
+                start = time.perf_counter()
+                while self._wanted:
+                    self._cond.wait(SLICE_WAIT_S)
+                self._waiting -= 1
+                self.longest_hold_ms = max(self.longest_hold_ms, (time.perf_counter() - start) * 1000)
+                self._cond.notify_all()
+            self._inside += 1
+        local.inside = True
+        return True
+
+    def leave(self) -> None:
+        self._local.inside = False
+        with self._cond:
+            self._inside -= 1
+            if self._inside == 0:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def slice(self) -> Iterator[None]:
+        """One measured call of the worker: script calls that waited for the last slice go first, then the calls
+        in flight return, then the slice runs with new calls held off."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._waiting == 0, SLICE_WAIT_S)
+            self._wanted = True
+            quiet = self._cond.wait_for(lambda: self._inside == 0, SLICE_WAIT_S)
+        self.slices += 1
+        self.quiet_slices += bool(quiet)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._wanted = False
+                self._cond.notify_all()
+
+
+QUIET = Quiet()
+
+
+class EagerProbe:
+    """The script's next eager calls of one signature, timed where they run (see `eager_in_place`)."""
+
+    def __init__(self, calls: int, device: torch.device) -> None:
+        self.calls = calls
+        self.device = device
+        self.times: list[float] = []
+        self.done = threading.Event()
+
+    def run(self, eager: Callable[[], Any]) -> Any:
+        """One script call, eagerly, synchronized before and after and timed."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        out = eager()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter() - start)
+        if len(self.times) >= self.calls:
+            self.done.set()
+        return out
+
+
+def eager_in_place(sig: Any, device: torch.device) -> float | None:
+    """The median latency of the script's own next eager calls of `sig` (ms; the first is left out), or None
+    when fewer than three came within EAGER_WAIT_S. Called by the worker, which does nothing meanwhile."""
+    probe = EagerProbe(EAGER_CALLS + 1, device)
+    sig.eager_probe = probe
+    try:
+        probe.done.wait(EAGER_WAIT_S)
+    finally:
+        sig.eager_probe = None
+    times = list(probe.times)[1:]
+    if len(times) < 3:
+        return None
+    sig.timing["eager"] = f"in place: {len(times)} of the script's own calls, synchronized before and after"
+    ms = statistics.median(times) * 1000
+    _timing.HELD_OFF.limit_ms = ms
+    return ms
+
+Job = tuple[Any, Any, Callable[[Any, Any], None]]  # (front's module state, SignatureRecord, what tunes it)
 
 
 class Worker:
@@ -42,7 +174,6 @@ class Worker:
         self._queue: list[Job] = []
         self._busy = False
         self._thread: threading.Thread | None = None
-        self._run: Callable[[Any, Any], None] | None = None
         self._stopping = False
         self._saved_interval: float | None = None
 
@@ -60,14 +191,14 @@ class Worker:
                 with sig.lock:
                     sig.status = "recording"
                 return False
-            self._run = run
-            self._queue.append((st, sig))
+            self._queue.append((st, sig, run))
             if self._thread is None or not self._thread.is_alive():
                 guard_fx_patches()
                 self._thread = threading.Thread(target=self._loop, name="aitune-tuning", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
-        logger.info("%s: queued for tuning in the background; its calls run eagerly until it is decided", st.name)
+        logger.info("%s: queued for tuning in the background; its calls run eagerly until it is decided",
+                    getattr(st, "name", "?"))
         return True
 
     def _next(self) -> Job | None:
@@ -77,8 +208,9 @@ class Worker:
                 self._cond.wait()
             if self._stopping:
                 return None
-            self._queue.sort(key=lambda job: job[0].depth)
+            self._queue.sort(key=lambda job: getattr(job[0], "depth", 0))
             self._busy = True
+            QUIET.active = True
             if self._saved_interval is None:
                 self._saved_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._saved_interval, SWITCH_INTERVAL_S))
@@ -86,29 +218,34 @@ class Worker:
 
     def _idle(self) -> None:
         """Nothing queued: back to the normal switch interval, and wake whoever waits (caller holds the lock)."""
+        QUIET.active = False
         if self._saved_interval is not None:
             sys.setswitchinterval(self._saved_interval)
             self._saved_interval = None
         self._cond.notify_all()
 
     def _loop(self) -> None:
+        _timing.HELD_OFF.slice = QUIET.slice
         while True:
             job = self._next()
             if job is None:
                 return
-            st, sig = job
+            st, sig, run = job
+            QUIET.reset()
+            _timing.HELD_OFF.limit_ms = None
+            sig.timing = {"thread": "background worker", "eager": "timed by the worker, in slices"}
             try:
-                run = self._run  # decide() claims the queued signature
-                if run is not None:
-                    run(st, sig)
+                run(st, sig)  # decide() claims the queued signature
             except Exception as e:  # the worker never dies of one module: it stays eager, with the reason
-                logger.warning("%s: background tuning failed (%s: %s); it runs eagerly", st.name,
+                logger.warning("%s: background tuning failed (%s: %s); it runs eagerly", getattr(st, "name", "?"),
                                type(e).__name__, str(e)[:300])
                 with sig.lock:
                     if sig.status in ("queued", "recording", "tuning"):
                         sig.status = "eager"
                         sig.reason = f"background tuning failed: {type(e).__name__}: {e}"[:500]
             finally:
+                sig.timing.update(held_off_slices=QUIET.slices, quiet_slices=QUIET.quiet_slices,
+                                  longest_hold_ms=round(QUIET.longest_hold_ms, 3))
                 with self._cond:
                     self._busy = False
                     if not self._queue:
@@ -125,7 +262,7 @@ class Worker:
             self._stopping = True
             dropped, self._queue = self._queue, []
             self._cond.notify_all()
-        for _, sig in dropped:
+        for _, sig, _ in dropped:
             with sig.lock:
                 if sig.status == "queued":
                     sig.status = "eager"
