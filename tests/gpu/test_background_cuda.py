@@ -23,6 +23,7 @@ pytestmark = pytest.mark.gpu
 
 def test_background_tuning_captures_the_graph_on_the_serving_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config, "min_speedup", 1e-6)
+    monkeypatch.setattr(config, "inplace_check_calls", 0)  # the graph's own steps, not the engine's check
     torch.manual_seed(0)
     net = Net(width=256).eval().cuda().half()
     plain = copy.deepcopy(net)
@@ -47,20 +48,26 @@ def test_background_tuning_captures_the_graph_on_the_serving_thread(monkeypatch:
     while not ait.wait(timeout=0):
         check(torch.randn(8, 256, device="cuda", dtype=torch.half))
         during += 1
-    helper = threading.Thread(target=other_thread)
-    helper.start()
-    try:
-        for _ in range(80):
-            check(torch.randn(8, 256, device="cuda", dtype=torch.half))
-    finally:
-        stop.set()
-        helper.join()
     sig = next(iter(wrapped.aitune_runtime.signatures.values()))
     assert during > 0
     assert sig.status == "tuned", sig.reason
     engine = sig.engine
     assert isinstance(engine, GraphAtSwitch), type(engine)
+    for _ in range(200):  # this thread alone: warm-up, capture, compare, then the timed turns
+        check(torch.randn(8, 256, device="cuda", dtype=torch.half))
+        if engine.stage in ("graph", "engine"):
+            break
     assert engine.capture_ms is not None, engine.graph_report()
-    assert engine.stage in ("graph", "engine") and (engine.stage == "graph" or engine.why), engine.graph_report()
+    assert engine.stage == "graph" or (engine.stage == "engine" and "not faster" in str(engine.why)), \
+        engine.graph_report()
     assert sig.to_report()["graphs"]["stage"] == engine.stage
+    # A second thread from now on: its calls run the engine inside, this thread's keep their route.
+    helper = threading.Thread(target=other_thread)
+    helper.start()
+    try:
+        for _ in range(50):
+            check(torch.randn(8, 256, device="cuda", dtype=torch.half))
+    finally:
+        stop.set()
+        helper.join()
     assert worst[0] < 1e-2, worst[0]

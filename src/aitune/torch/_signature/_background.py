@@ -25,9 +25,14 @@ synchronizes the device breaks the capture, so the worker neither captures nor t
 static (a whole-graph torch.compile function for one size) is installed in a wrapper that captures its graph on
 the serving thread's own calls (`backend._graphs.GraphAtSwitch`).
 
-At interpreter exit the queue is dropped and a tuning under way is abandoned (the worker is a daemon thread; the
-persistent cache publishes only complete entries). Known limit: on torch 2.11, Inductor settings that aitune
-patches for a build apply process-wide for that moment.
+At interpreter exit the queue is dropped, and a tuning under way is waited for up to EXIT_WAIT_S (one in four runs
+of a short GPU script that exited mid-compile ended in a segmentation fault of the torn-down interpreter); past
+that it is abandoned (the worker is a daemon thread; the persistent cache publishes only complete entries).
+
+Known limits: on torch 2.11, Inductor settings that aitune patches for a build apply process-wide for that
+moment; Dynamo, AOTAutograd and Inductor run in the worker's interpreter, and some of their steps (unpickling a
+saved function, executing generated code, loading kernels) hold the interpreter lock for hundreds of ms, which
+the script's calls then wait for.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 #: How long a slice waits for the script's calls in flight to return before it is timed anyway (seconds).
 SLICE_WAIT_S = 0.25
+#: How long the worker waits with nothing queued before its thread ends (seconds).
+IDLE_EXIT_S = 0.5
+#: At interpreter exit, how long a tuning under way is waited for (seconds).
+EXIT_WAIT_S = 30.0
 #: The script's own calls the eager latency is taken from, and how long the worker waits for them (seconds).
 EAGER_CALLS = 10
 EAGER_WAIT_S = 1.0
@@ -202,10 +211,15 @@ class Worker:
         return True
 
     def _next(self) -> Job | None:
+        """The next job, outermost module first; None when stopping, or after IDLE_EXIT_S with nothing queued
+        (the thread then ends: on the CPU, a thread that has run torch ops keeps an OpenMP thread team of its
+        own, which slowed the script's later calls 1.6-1.8x on a 2-core machine while it lived)."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._idle()
-                self._cond.wait()
+                if not self._cond.wait(IDLE_EXIT_S) and not self._queue:
+                    self._thread = None  # the next submit starts a new one
+                    return None
             if self._stopping:
                 return None
             self._queue.sort(key=lambda job: getattr(job[0], "depth", 0))
@@ -256,12 +270,19 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
-    def stop(self) -> None:
-        """Drop the queue (its signatures run eagerly) and let the worker end after its current tuning."""
+    def stop(self, wait_s: float = 0.0) -> None:
+        """Drop the queue (its signatures run eagerly) and let the worker end after its current tuning, waiting
+        for that up to `wait_s` seconds (at interpreter exit: torch torn down under a thread still compiling can
+        crash the process)."""
         with self._cond:
             self._stopping = True
             dropped, self._queue = self._queue, []
+            busy = self._busy
             self._cond.notify_all()
+        if busy and wait_s > 0:
+            logger.info("waiting up to %.0f s for the background tuning under way to end", wait_s)
+            if not self.wait(wait_s):
+                logger.warning("the background tuning under way did not end within %.0f s; exiting anyway", wait_s)
         for _, sig, _ in dropped:
             with sig.lock:
                 if sig.status == "queued":

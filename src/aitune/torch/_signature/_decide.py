@@ -184,7 +184,9 @@ def _graph_at_switch(module: torch.nn.Module, sig: SignatureRecord, samples: Seq
     from aitune.torch.backend._graphs import GraphAtSwitch
 
     graph = GraphAtSwitch(inner, job.device, keep=list(live_weights(module)), calls=lambda: sig.calls,
-                          tolerances=dict(job.tolerances), activity=lambda: ACTIVITY.value)
+                          tolerances=dict(job.tolerances), activity=lambda: ACTIVITY.value,
+                          crowded=lambda: "several threads call modules" if CALLERS.several() else None,
+                          ready=lambda: sig.inplace is None or sig.inplace.verdict != "running")
     if probation is not None:
         probation.engine = graph
         object.__setattr__(probation, "binds_weight_storage", True)

@@ -16,11 +16,13 @@ exists. Like every CUDA-graph engine it serves only the thread that captured it 
 
 GraphAtSwitch serves with the engine inside it and moves to a graph on the calls of the thread that calls it
 first (background tuning's worker may neither capture nor time a graph while the script runs, see
-`_signature._background`). One call each, so that none is slowed much: the first runs the engine (the thread's
+`_signature._background`), once the engine itself has passed the in-place check. One call each, so that none
+is slowed much: the first runs the engine (the thread's
 libraries warm up); the second captures, served by the warm-up run on its inputs; the third replays and is
 compared with the engine on the same inputs (a mismatch ends it: the engine serves alone); then graph and engine
 take turns in blocks, timed by the period between the signature's consecutive calls, and the faster serves from
-then on. Calls from other threads, and calls whose inputs differ from the capture, run the engine.
+then on. Calls from other threads, and calls whose inputs differ from the capture, run the engine; once other
+threads call modules, no graph is captured (their device synchronizations would break the capture).
 """
 
 from __future__ import annotations
@@ -114,8 +116,14 @@ class GraphAtSwitch(Engine):
 
     def __init__(self, inner: Engine, device: torch.device, *, keep: Sequence[torch.Tensor],
                  calls: Callable[[], int], tolerances: dict[str, tuple[float, float]],
-                 activity: Callable[[], int] = lambda: 0) -> None:
+                 activity: Callable[[], int] = lambda: 0, crowded: Callable[[], str | None] = lambda: None,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
+        #: False while the engine itself is still being judged in place (`_signature._inplace`): the graph's
+        #: steps wait, so that neither comparison times the other's calls.
+        self._ready = ready
+        #: Why a capture would not be safe now (other threads on the GPU: their synchronizations break a capture).
+        self._crowded = crowded
         self.device = device
         self.compute_dtype = getattr(inner, "compute_dtype", None)
         self.runs_no_python = getattr(inner, "runs_no_python", False)
@@ -140,7 +148,7 @@ class GraphAtSwitch(Engine):
         with self._lock:
             if self._thread is None:
                 self._thread = me
-        if me != self._thread or self.stage == "engine":
+        if me != self._thread or self.stage == "engine" or (self.stage == "warm-up" and not self._ready()):
             return self.inner(*args, **kwargs)
         stage = self.stage
         if stage == "graph":
@@ -162,6 +170,10 @@ class GraphAtSwitch(Engine):
         return _tree.tree_map(torch.Tensor.clone, graph._outputs)
 
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        crowded = self._crowded()
+        if crowded is not None:
+            self._give_up(f"not captured: {crowded}")
+            return self.inner(*args, **kwargs)
         start = time.perf_counter()
         try:
             graph = CapturedGraph(self.inner, args, kwargs, self.device, keep=self._keep,

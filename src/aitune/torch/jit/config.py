@@ -177,8 +177,8 @@ class JITConfig(TrackedSettings):
     background: bool = Field(
         default=False,
         description="Tune in one aitune worker thread while every call keeps running eagerly; a module switches to "
-                    "its engine once it is decided (aitune.torch.jit.wait() waits for the queue). CUDA-graph "
-                    "candidates are not tried in the background yet.")
+                    "its engine once it is decided (aitune.torch.jit.wait() waits for the queue). CUDA graphs are "
+                    "captured on the script's own calls after the switch; torch.export candidates are not tried.")
     cache_dir: Path | None = Field(
         default=None,
         description="Directory of the persistent cache: each module's decision and saved engine are reused by "
