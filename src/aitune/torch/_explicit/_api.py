@@ -55,8 +55,9 @@ def tune(model_or_pipeline: Any = None, dataset: Iterable[Any] | None = None, *,
 
     `background=True` (default: the `background` setting, `AITUNE_JIT_BACKGROUND`): the dataset is recorded
     here, then the tuning runs in aitune's worker thread (`_signature._background`) and `tune` returns at once;
-    the wrappers' calls run eagerly until their signatures are decided, then switch to the engines.
-    `aitune.torch.jit.wait()` waits for it.
+    the wrappers' calls run eagerly until their signatures are decided, then switch to the engines (state
+    "tuning" meanwhile). `ait.wait()` waits for it. In strict mode a failure there is logged by the worker and
+    the signature stays eager (nothing can raise into the caller, who has moved on).
 
     Raises UsageError when nothing can be tuned (no wrapper, empty dataset); a backend that fails never makes
     `tune` fail (its module stays eager) unless `aitune.torch.config.config.strict` is set.

@@ -157,7 +157,8 @@ class EagerProbe:
 
 def eager_in_place(sig: Any, device: torch.device) -> float | None:
     """The median latency of the script's own next eager calls of `sig` (ms; the first is left out), or None
-    when fewer than three came within EAGER_WAIT_S. Called by the worker, which does nothing meanwhile."""
+    when fewer than three came within EAGER_WAIT_S. Called by the worker, which does nothing meanwhile; the
+    figure becomes the limit of its timing slices (`_timing.HELD_OFF.limit_ms`)."""
     probe = EagerProbe(EAGER_CALLS + 1, device)
     sig.eager_probe = probe
     try:
@@ -171,6 +172,7 @@ def eager_in_place(sig: Any, device: torch.device) -> float | None:
     ms = statistics.median(times) * 1000
     _timing.HELD_OFF.limit_ms = ms
     return ms
+
 
 Job = tuple[Any, Any, Callable[[Any, Any], None]]  # (front's module state, SignatureRecord, what tunes it)
 

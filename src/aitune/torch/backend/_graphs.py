@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Runs of the engine before the capture.
 WARMUP_RUNS = 2
+#: What `CapturedGraph.replay` returns for inputs that differ from the capture's.
+MISFIT = object()
 
 
 class CapturedGraph(Engine):
@@ -81,9 +83,16 @@ class CapturedGraph(Engine):
         torch.cuda.synchronize(device)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not _tree.refill(self._static, (args, kwargs)):
+        out = self.replay(args, kwargs)
+        if out is MISFIT:
             raise ValueError("this call's inputs differ in structure, size, dtype or plain values from those the "
                              "CUDA graph was captured with")
+        return out
+
+    def replay(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The graph's outputs for these inputs (copies), or MISFIT when they differ from the capture's."""
+        if not _tree.refill(self._static, (args, kwargs)):
+            return MISFIT
         self._graph.replay()
         return _tree.tree_map(torch.Tensor.clone, self._outputs)
 
@@ -164,10 +173,8 @@ class GraphAtSwitch(Engine):
 
     def _replay(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         graph = self.graph
-        if graph is None or not _tree.refill(graph._static, (args, kwargs)):
-            return self.inner(*args, **kwargs)
-        graph._graph.replay()
-        return _tree.tree_map(torch.Tensor.clone, graph._outputs)
+        out = graph.replay(args, kwargs) if graph is not None else MISFIT
+        return self.inner(*args, **kwargs) if out is MISFIT else out
 
     def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         crowded = self._crowded()
