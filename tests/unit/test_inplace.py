@@ -45,6 +45,24 @@ def test_a_faster_engine_is_kept() -> None:
     assert check.to_report()["eager_period_ms"] == pytest.approx(3.0)
 
 
+def test_with_adjacent_a_period_counts_only_between_consecutive_calls_of_the_signature() -> None:
+    # The CUDA graph against the engine inside it (`GraphAtSwitch`): other calls of the signature (eager ones of
+    # its own in-place check, other threads') between two turns leave that period out.
+    count = [0]
+    check = InPlaceCheck(8, subject="the CUDA graph", rival="the engine inside it", adjacent=lambda: count[0])
+    now = 0.0
+    for i in range(40):
+        route = check.route(now)
+        if route == "done":
+            break
+        count[0] += 1 if i % 3 else 2  # every third call, another call of the signature came in between
+        now += {"engine": 0.004, "eager": 0.002}[route] * (1 if i % 3 else 100)
+    assert check.verdict == "reverted"
+    assert check.engine_ms == pytest.approx(4.0) and check.eager_ms == pytest.approx(2.0)
+    assert max(check.periods["engine"] + check.periods["eager"]) < 0.005  # none of the 100x periods counted
+    assert "not faster than the engine inside it" in (check.why or "")
+
+
 def test_periods_with_aitune_work_are_left_out_and_too_few_is_inconclusive() -> None:
     check = InPlaceCheck(4)
     now = 0.0

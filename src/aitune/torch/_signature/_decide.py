@@ -181,10 +181,12 @@ def _graph_at_switch(module: torch.nn.Module, sig: SignatureRecord, samples: Seq
     if sig.aliases is not None or CALLERS.several() or any(_tree.holds_state((s.args, s.kwargs)) for s in samples):
         return
     from aitune.torch._fingerprint import live_weights
-    from aitune.torch.backend._graphs import GraphAtSwitch
+    from aitune.torch.backend._graphs import TURN_CALLS, GraphAtSwitch
 
-    graph = GraphAtSwitch(inner, job.device, keep=list(live_weights(module)), calls=lambda: sig.calls,
-                          tolerances=dict(job.tolerances), activity=lambda: ACTIVITY.value,
+    turns = InPlaceCheck(TURN_CALLS, subject="the CUDA graph", rival="the engine inside it",
+                         adjacent=lambda: sig.calls)
+    graph = GraphAtSwitch(inner, job.device, keep=list(live_weights(module)), turns=turns,
+                          tolerances=dict(job.tolerances),
                           crowded=lambda: "several threads call modules" if CALLERS.several() else None,
                           ready=lambda: sig.inplace is None or sig.inplace.verdict != "running")
     if probation is not None:

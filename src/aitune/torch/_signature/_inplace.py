@@ -24,6 +24,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 #: Each block is this share of the window.
@@ -52,10 +53,17 @@ ACTIVITY = Activity()
 
 class InPlaceCheck:
     """The in-place A/B of one signature's engine (see the module docstring). `route()` is called at the start of
-    every call routed to the engine's range (caller holds the signature's lock)."""
+    every call routed to the engine's range (caller holds the signature's lock).
 
-    def __init__(self, calls: int) -> None:
+    The same A/B serves other pairs (`backend._graphs.GraphAtSwitch`: a CUDA graph against the engine inside it):
+    `subject` and `rival` name the two sides in the reasons; with `adjacent` (a counter of the signature's calls,
+    all routes) a period counts only when no other call of the signature came between its two calls."""
+
+    def __init__(self, calls: int, *, subject: str = "the engine", rival: str = "eager",
+                 adjacent: Callable[[], int] | None = None) -> None:
         self.calls = max(BLOCKS, calls)
+        self.subject, self.rival = subject, rival
+        self._adjacent = adjacent
         self.block = max(1, self.calls // BLOCKS)
         self.periods: dict[str, list[float]] = {"engine": [], "eager": []}
         self.verdict: Verdict = "running"
@@ -64,7 +72,7 @@ class InPlaceCheck:
         self.why: str | None = None
         self._seen = 0  # calls of the current window
         self._windows = 1
-        self._last: tuple[float, str, int] | None = None  # the previous call: start, route, activity count
+        self._last: tuple[float, str, int, int] | None = None  # the previous call: start, route, activity, count
         # The thread of its first call: the check is made where the engine serves (background tuning installs
         # engines from aitune's worker thread).
         self._thread: int | None = None
@@ -80,14 +88,15 @@ class InPlaceCheck:
             self._finish("skipped", "calls come from several threads")
             return "done"
         last, activity = self._last, ACTIVITY.value
-        if last is not None and last[2] == activity:
+        count = self._adjacent() if self._adjacent is not None else 0
+        if last is not None and last[2] == activity and (self._adjacent is None or count == last[3] + 1):
             self.periods[last[1]].append(now - last[0])
         if self._seen >= self.calls:
             if self._conclude():
                 return "done"
         route: Literal["engine", "eager"] = "engine" if (self._seen // self.block) % 2 == 0 else "eager"
         self._seen += 1
-        self._last = (now, route, activity)
+        self._last = (now, route, activity, count)
         return route
 
     def _conclude(self) -> bool:
@@ -99,13 +108,13 @@ class InPlaceCheck:
             if self.engine_ms < self.eager_ms:
                 self._finish("kept", None)
             else:
-                self._finish("reverted", f"in place it was not faster than eager: {self.engine_ms:.3f} ms vs "
+                self._finish("reverted", f"in place it was not faster than {self.rival}: {self.engine_ms:.3f} ms vs "
                                          f"{self.eager_ms:.3f} ms between calls (median of {len(engine)} and "
                                          f"{len(eager)} calls)")
             return True
         if self._windows >= MAX_WINDOWS:
-            self._finish("inconclusive", f"too few undisturbed calls ({len(engine)} with the engine, {len(eager)} "
-                                         "eager); the engine stays")
+            self._finish("inconclusive", f"too few undisturbed calls ({len(engine)} with {self.subject}, "
+                                         f"{len(eager)} with {self.rival}); {self.subject} stays")
             return True
         self._windows += 1
         self._seen = 0

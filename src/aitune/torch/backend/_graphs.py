@@ -28,7 +28,6 @@ threads call modules, no graph is captured (their device synchronizations would 
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,24 +109,24 @@ class CapturedGraph(Engine):
         self._keep = []
 
 
-#: Calls of the graph-against-engine turns, in blocks of a quarter each.
+#: Calls of the graph-against-engine turns (`_signature._inplace.InPlaceCheck`: blocks of a quarter, up to three
+#: windows; inconclusive keeps the graph).
 TURN_CALLS = 16
-#: Windows of turns run before an inconclusive comparison keeps the graph.
-TURN_WINDOWS = 3
 
 
 class GraphAtSwitch(Engine):
     """`inner` (an engine whose call is static), moving to a CUDA graph on its serving thread's calls (see the
-    module docstring). `calls()` counts the signature's calls (all routes): a period between two of its own calls
-    counts only when no other call of the signature came between them; `tolerances` compare graph and engine."""
+    module docstring). `tolerances` compare graph and engine."""
 
     binds_weight_storage = True
 
-    def __init__(self, inner: Engine, device: torch.device, *, keep: Sequence[torch.Tensor],
-                 calls: Callable[[], int], tolerances: dict[str, tuple[float, float]],
-                 activity: Callable[[], int] = lambda: 0, crowded: Callable[[], str | None] = lambda: None,
+    def __init__(self, inner: Engine, device: torch.device, *, keep: Sequence[torch.Tensor], turns: Any,
+                 tolerances: dict[str, tuple[float, float]], crowded: Callable[[], str | None] = lambda: None,
                  ready: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
+        #: The timed turns (`_signature._inplace.InPlaceCheck`: its "engine" is the graph, its "eager" the engine
+        #: inside), counting a period only between consecutive calls of the signature.
+        self._turns = turns
         #: False while the engine itself is still being judged in place (`_signature._inplace`): the graph's
         #: steps wait, so that neither comparison times the other's calls.
         self._ready = ready
@@ -138,8 +137,6 @@ class GraphAtSwitch(Engine):
         self.runs_no_python = getattr(inner, "runs_no_python", False)
         self.bakes_weights = getattr(inner, "bakes_weights", False)
         self._keep = list(keep)
-        self._calls = calls
-        self._activity = activity
         self._tolerances = tolerances
         self._thread: int | None = None
         self._lock = threading.Lock()
@@ -147,10 +144,6 @@ class GraphAtSwitch(Engine):
         self.graph: CapturedGraph | None = None
         self.why: str | None = None
         self.capture_ms: float | None = None
-        self._periods: dict[str, list[float]] = {"graph": [], "engine": []}
-        self._seen = 0
-        self._windows = 1
-        self._last: tuple[float, str, int, int] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         me = threading.get_ident()
@@ -208,36 +201,18 @@ class GraphAtSwitch(Engine):
         return out
 
     def _turn(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        now, calls, activity = time.perf_counter(), self._calls(), self._activity()
-        last = self._last
-        if last is not None and calls == last[2] + 1 and activity == last[3]:
-            self._periods[last[1]].append(now - last[0])
-        if self._seen >= TURN_CALLS and self._conclude():
-            return self._replay(args, kwargs) if self.stage == "graph" else self.inner(*args, **kwargs)
-        block = max(1, TURN_CALLS // 4)
-        route = "graph" if (self._seen // block) % 2 == 0 else "engine"
-        self._seen += 1
-        self._last = (now, route, calls, activity)
-        return self._replay(args, kwargs) if route == "graph" else self.inner(*args, **kwargs)
-
-    def _conclude(self) -> bool:
-        graph, engine = self._periods["graph"], self._periods["engine"]
-        if len(graph) >= 3 and len(engine) >= 3:
-            g, e = statistics.median(graph) * 1e3, statistics.median(engine) * 1e3
-            if g < e:
-                self.stage = "graph"
-                self.why = f"the CUDA graph is faster in place: {g:.3f} ms vs {e:.3f} ms between calls"
-                logger.info("CUDA graph captured on the serving thread kept: %.3f ms vs %.3f ms between calls", g, e)
+        turns = self._turns
+        route = turns.route()
+        if route == "done":
+            if turns.verdict == "reverted":
+                self._give_up(str(turns.why))
             else:
-                self._give_up(f"the CUDA graph was not faster in place: {g:.3f} ms vs {e:.3f} ms between calls")
-            return True
-        if self._windows >= TURN_WINDOWS:
-            self.stage = "graph"
-            self.why = "too few undisturbed calls to compare; the CUDA graph serves"
-            return True
-        self._windows += 1
-        self._seen = 0
-        return False
+                self.stage = "graph"
+                self.why = turns.why or (f"the CUDA graph is faster in place: {turns.engine_ms:.3f} ms vs "
+                                         f"{turns.eager_ms:.3f} ms between calls")
+                logger.info("CUDA graph captured on the serving thread kept: %s", self.why)
+            route = "engine" if self.stage == "graph" else "eager"
+        return self._replay(args, kwargs) if route == "engine" else self.inner(*args, **kwargs)
 
     def _give_up(self, why: str) -> None:
         self.stage = "engine"
@@ -248,12 +223,10 @@ class GraphAtSwitch(Engine):
             graph.release()
 
     def graph_report(self) -> dict[str, Any]:
-        def ms(values: list[float]) -> float | None:
-            return round(statistics.median(values) * 1e3, 4) if values else None
-
+        turns = self._turns.to_report()
         return {"stage": self.stage, "why": self.why, "capture_ms": None if self.capture_ms is None else
-                round(self.capture_ms, 2), "graph_period_ms": ms(self._periods["graph"]),
-                "engine_period_ms": ms(self._periods["engine"])}
+                round(self.capture_ms, 2), "graph_period_ms": turns["engine_period_ms"],
+                "engine_period_ms": turns["eager_period_ms"]}
 
     def artifact(self) -> Callable[[Path], None]:
         """The saved form of the engine inside (a loaded one is wrapped again where it is used)."""
