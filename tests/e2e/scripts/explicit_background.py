@@ -6,27 +6,18 @@ Usage: python explicit_background.py OUT.pt
 """
 
 import copy
+import os
 import sys
 import threading
 
 import torch
-from torch import nn
 
 import aitune.torch as ait
 from aitune.torch.backend import TorchInductorJitBackend
 from aitune.torch.config import config
 
-
-class Encoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.proj = nn.Linear(32, 64)
-        self.mlp = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64))
-        self.head = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.proj(x)
-        return self.head(h + self.mlp(h))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from explicit_api import Encoder  # noqa: E402
 
 
 def main(out_path: str) -> None:
