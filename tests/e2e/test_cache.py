@@ -25,7 +25,10 @@ from tests.e2e.harness import BOOTSTRAP, SCRIPTS, TIMEOUT_S, ScriptRun, assert_r
 
 PlainRun = Callable[[str], ScriptRun]
 HookedRun = Callable[..., ScriptRun]
-ORT = {"AITUNE_JIT_BACKENDS": "ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6"}
+# Tiny CPU models time as noise on a shared 2-core machine: the reuse latency check (unit-tested on its own, with
+# real engines, in tests/unit/test_saved_compile.py) must not decide whether these runs hit the cache.
+LENIENT = {"AITUNE_REUSE_MAX_SLOWDOWN": "inf"}
+ORT = {"AITUNE_JIT_BACKENDS": "ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6", **LENIENT}
 
 
 def _signature(run: ScriptRun, name: str = "Net") -> dict[str, Any]:
@@ -118,7 +121,7 @@ def test_inductor_second_run_reuses_the_decision(plain_run: PlainRun, hooked_run
                                                                         tmp_path: Path) -> None:
     root = tmp_path / "cache"
     env = {"AITUNE_JIT_BACKENDS": "TorchInductorJitBackend,ONNXRuntimeBackend", "AITUNE_MIN_SPEEDUP": "1e-6",
-           "AITUNE_JIT_CACHE_DIR": str(root)}
+           "AITUNE_JIT_CACHE_DIR": str(root), **LENIENT}
     first = hooked_run("cnn", **env).check()
     winner = first.module("Net")["backend"]
     assert _signature(first)["cache"] == "stored"
@@ -140,7 +143,7 @@ def test_inductor_engine_is_saved_and_loaded_without_compiling(plain_run: PlainR
     loads it: no Dynamo trace and no Inductor compile."""
     root = tmp_path / "cache"
     env = {"AITUNE_JIT_BACKENDS": "TorchInductorJitBackend", "AITUNE_MIN_SPEEDUP": "1e-6",
-           "AITUNE_JIT_CACHE_DIR": str(root), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+           "AITUNE_JIT_CACHE_DIR": str(root), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), **LENIENT}
     first = hooked_run("cnn", **env).check()
     assert _signature(first)["cache"] == "stored" and "saved with the decision" in first.stderr, first.stderr
     assert list(root.rglob("compiled_function.bin"))
@@ -149,11 +152,9 @@ def test_inductor_engine_is_saved_and_loaded_without_compiling(plain_run: PlainR
     assert_results_close(second, plain_run("cnn"))
     assert "loaded from the cache in" in second.stderr, second.stderr
     sig = _signature(second)
-    if sig["cache"] == "hit":
-        assert sig["cache_reuse"]["engine"] == "loaded" and sig["cache_reuse"]["kept"], sig
-        assert "built in" not in second.stderr and "rebuilt" not in second.stderr, second.stderr
-    else:  # a tiny CPU model: the latency check can find it slower by chance, and tunes again (logged)
-        assert "slower here than when it was tuned" in second.stderr, second.stderr
+    assert sig["cache"] == "hit", second.describe()
+    assert sig["cache_reuse"]["engine"] == "loaded" and sig["cache_reuse"]["kept"], sig
+    assert "built in" not in second.stderr and "rebuilt" not in second.stderr, second.stderr
 
 
 def test_cached_engine_that_no_longer_matches_eager_is_retuned(hooked_run: HookedRun, tmp_path: Path) -> None:

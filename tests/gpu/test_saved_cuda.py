@@ -20,9 +20,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture
 def lenient(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aitune.torch._signature import _reuse
+    from aitune.torch.config import config as global_config
 
-    monkeypatch.setattr(_reuse, "SLOWER_BY", 1e9)
+    monkeypatch.setattr(global_config, "reuse_max_slowdown", float("inf"))
 
 
 def test_reduce_overhead_engine_loads_as_an_aitune_cuda_graph(tmp_path: Path, lenient: None,

@@ -16,9 +16,11 @@ from aitune.torch import _tree
 from aitune.torch._samples import InputNormalizer, Sample, SignatureRecord, signature_key
 from aitune.torch._signature import _reuse
 from aitune.torch.backend import TorchInductorJitBackend
+from aitune.torch.backend._base import Engine
 from aitune.torch.backend._inductor import ARTIFACT_FILE, CompiledEngine
 from aitune.torch.cache import open_store
 from aitune.torch.cache._store import EngineStore
+from aitune.torch.config import config as global_config
 from aitune.torch.tune_strategy import OneBackendStrategy, TuneJob
 
 from .helpers import FakeBackend, Net
@@ -65,7 +67,7 @@ def _run(engine: Any, x: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def lenient(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny CPU models time as noise: the latency check must not decide these tests."""
-    monkeypatch.setattr(_reuse, "SLOWER_BY", 1e9)
+    monkeypatch.setattr(global_config, "reuse_max_slowdown", float("inf"))
 
 
 def test_saved_engine_loads_without_compiling(tmp_path: Path, lenient: None, monkeypatch: pytest.MonkeyPatch,
@@ -153,3 +155,36 @@ def test_a_reused_engine_slower_than_recorded_is_retuned(caplog: pytest.LogCaptu
         kept = _reuse._reuse(_job(Net().eval(), [backend]), _reuse.Remembered("k" * 64, record), [backend],
                              forget=lambda: None)
     assert kept is not None and kept.reuse["kept"] and kept.reuse["latency_ms"] >= 5
+
+
+def test_a_reused_engine_on_a_slower_machine_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine is 30% slower today as a whole, and the brief timing of eager happened to come out at the
+    old speed: the engine looks slower both in ms and relative to eager. Eager and the engine timed in turns
+    show the ratio unchanged, so it is kept rather than tuned again (the flake of a shared CI machine). Timing is
+    faked at `TuneJob.time` (eager 10 ms, the engine 4 ms when tuned) to make the machine's moods exact."""
+    backend = FakeBackend()
+    record = {"decision": "tuned", "backend_index": 0, "backend": backend.describe(),
+              "eager_latency_ms": 10.0, "tuned_latency_ms": 4.0}
+    timings: list[str] = []
+
+    def slower_today(self: TuneJob, fn: Any) -> float:
+        timings.append("engine" if isinstance(fn, Engine) else "eager")
+        return (4.0 if timings[-1] == "engine" else 10.0) * (1.0 if len(timings) == 1 else 1.3)
+
+    monkeypatch.setattr(TuneJob, "time", slower_today)
+    with torch.no_grad():
+        kept = _reuse._reuse(_job(Net().eval(), [backend]), _reuse.Remembered("k" * 64, record), [backend],
+                             forget=lambda: None)
+    assert kept is not None and kept.cache == "hit", kept
+    assert timings == ["eager", "engine", "eager", "engine"], timings
+    assert kept.reuse["kept"] and kept.reuse["confirm_rounds"] == 1, kept.reuse
+    assert kept.reuse["latency_ms"] == 5.2 and kept.reuse["ratio_to_eager"] == 0.4, kept.reuse
+
+    # Slower in every round, in ms and against eager: tuned again, after all the rounds.
+    timings.clear()
+    monkeypatch.setattr(TuneJob, "time", lambda self, fn: (timings.append("t"), 4.5 if isinstance(fn, Engine)
+                                                           else 10.0)[1])
+    with torch.no_grad():
+        assert _reuse._reuse(_job(Net().eval(), [backend]), _reuse.Remembered("k" * 64, record), [backend],
+                             forget=lambda: None) is None
+    assert len(timings) == 2 + 2 * _reuse.CONFIRM_ROUNDS, timings

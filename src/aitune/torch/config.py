@@ -97,6 +97,12 @@ class GlobalConfig(TrackedSettings):
                     "eagerly and the engine on copies of its inputs, and returns eager's result); 0 trusts the "
                     "check on stored samples alone. The same number of calls at new sizes is confirmed so before an "
                     "engine that compiles sizes symbolically serves sizes it was not tuned on.")
+    reuse_max_slowdown: float = Field(
+        default=1.05, ge=1.0,
+        description="An engine reused from the persistent cache is timed here against eager: it is tuned again "
+                    "(logged) when it is more than this many times slower than when it was tuned, both in "
+                    "milliseconds and relative to eager; inf never re-tunes on latency (a shipped cache).",
+        json_schema_extra={"accepted": "a number >= 1, or inf"})
     inplace_check_calls: int = Field(
         default=16, ge=0,
         description="After an engine starts serving, its next calls take turns with eager in four blocks, and the "
