@@ -145,3 +145,53 @@ def test_eager_latency_in_place_is_none_without_calls() -> None:
     sig = SignatureRecord(key=("k",), description=[], min_shapes=[], max_shapes=[])
     assert _background.eager_in_place(sig, torch.device("cpu")) is None
     assert sig.eager_probe is None
+
+
+def test_a_stop_abandons_the_tuning_under_way_at_its_next_step() -> None:
+    """The script ends (here: `stop`, as at interpreter exit) while the worker builds: the build that fails because
+    of the shutdown is not its backend's failure, no further candidate is built, and the signature is left eager
+    with the reason, not `failed`."""
+    import aitune.torch as ait
+    from aitune.torch.tune_strategy import FirstWinsStrategy
+    from tests.unit.helpers import FakeBackend, Net
+
+    building, release = threading.Event(), threading.Event()
+    built: list[str] = []
+
+    class Shutting(FakeBackend):
+        def build(self, module: torch.nn.Module, *args: object, **kwargs: object) -> object:
+            built.append("shutting")
+            building.set()
+            release.wait(10)
+            raise RuntimeError("can't register atexit after shutdown")
+
+    class Next(FakeBackend):
+        def build(self, *args: object, **kwargs: object) -> object:
+            built.append("next")
+            return super().build(*args, **kwargs)  # type: ignore[arg-type]
+
+    net = Net().eval()
+    model = ait.Module(net, "net", strategy=FirstWinsStrategy([Shutting(), Next()]))
+    x = torch.randn(4, 16)
+    try:
+        ait.tune(model, [x, x], background=True)
+        assert building.wait(20), "the worker never started building"
+        stopper = threading.Thread(target=_background.WORKER.stop, args=(10.0, "the script ended"))
+        stopper.start()
+        threading.Event().wait(0.05)
+        release.set()
+        stopper.join(20)
+        assert not stopper.is_alive()
+        assert _background.wait(timeout=10)
+    finally:
+        release.set()
+        _background.WORKER.restart()
+    assert built == ["shutting"], built
+    from aitune.torch._explicit._module import runtime_of
+
+    rt = runtime_of(model)
+    assert rt is not None
+    [sig] = rt.signatures.values()
+    assert sig.status == "eager" and sig.reason == "tuning abandoned: the script ended", (sig.status, sig.reason)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x))  # served eagerly

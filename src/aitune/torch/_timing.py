@@ -5,6 +5,10 @@ worker holds the script's calls off meanwhile (`_signature._background.Quiet`), 
 winner. A call that takes longer than `HELD_OFF.limit_ms` ends the slices for the rest of that measurement (it is
 slower than eager, so it cannot win, and the script's calls are not held off that long).
 
+A thread may also say when its work is to be abandoned (`HELD_OFF.abandoned`: the background worker at
+interpreter exit); `checkpoint()`, called between the steps of a tuning and before each measured call, then raises
+`Abandoned`, which no handler of a failed candidate catches.
+
 Known limit: each call is synchronized, so the figure is latency, not pipelined throughput.
 """
 
@@ -25,9 +29,24 @@ class HeldOff(threading.local):
 
     slice: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
     limit_ms: float | None = None
+    abandoned: Callable[[], str | None] | None = None
 
 
 HELD_OFF = HeldOff()
+
+
+class Abandoned(BaseException):
+    """The tuning under way is given up (why: the message). A BaseException, as KeyboardInterrupt is: the handlers
+    that turn a backend's failure into a rejected candidate must not take it for one."""
+
+
+def checkpoint() -> None:
+    """Raise `Abandoned` if this thread's work is to be given up (see the module docstring); else nothing."""
+    abandoned = HELD_OFF.abandoned
+    if abandoned is not None:
+        why = abandoned()
+        if why is not None:
+            raise Abandoned(why)
 
 
 def _sync(device: torch.device) -> None:
@@ -40,6 +59,7 @@ def measure_latency_ms(fn: Callable[..., Any], inputs: Callable[[], tuple[tuple[
     """Median latency of `fn(*args, **kwargs)` in milliseconds, within a time budget of `max_seconds`; `inputs()`
     gives each call's (args, kwargs), outside the measured window."""
     start = time.perf_counter()
+    checkpoint()
     for _ in range(warmup):
         args, kwargs = inputs()
         fn(*args, **kwargs)
@@ -51,6 +71,7 @@ def measure_latency_ms(fn: Callable[..., Any], inputs: Callable[[], tuple[tuple[
     held = HELD_OFF.slice
     limit = HELD_OFF.limit_ms
     for _ in range(iterations):
+        checkpoint()
         args, kwargs = inputs()
         with held() if held is not None else contextlib.nullcontext():
             _sync(device)

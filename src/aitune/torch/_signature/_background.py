@@ -25,9 +25,12 @@ synchronizes the device breaks the capture, so the worker neither captures nor t
 static (a whole-graph torch.compile function for one size) is installed in a wrapper that captures its graph on
 the serving thread's own calls (`backend._graphs.GraphAtSwitch`).
 
-At interpreter exit the queue is dropped, and a tuning under way is waited for up to EXIT_WAIT_S (one in four runs
-of a short GPU script that exited mid-compile ended in a segmentation fault of the torn-down interpreter); past
-that it is abandoned (the worker is a daemon thread; the persistent cache publishes only complete entries).
+At interpreter exit the queue is dropped, and the tuning under way is abandoned at its next step (before a
+candidate is built, checked or timed: `_timing.checkpoint`), its signature left eager with that reason; a build
+already running is waited for up to EXIT_WAIT_S (one in four runs of a short GPU script that exited mid-compile
+ended in a segmentation fault of the torn-down interpreter), and a build that fails meanwhile (the interpreter
+refuses new thread pools once it is shutting down) is part of the abandonment, not a failure of its backend.
+Past that wait the worker is left behind (a daemon thread; the persistent cache publishes only complete entries).
 
 Known limits: on torch 2.11, Inductor settings that aitune patches for a build apply process-wide for that
 moment; Dynamo, AOTAutograd and Inductor run in the worker's interpreter, and some of their steps (unpickling a
@@ -60,6 +63,8 @@ SLICE_WAIT_S = 0.25
 IDLE_EXIT_S = 0.5
 #: At interpreter exit, how long a tuning under way is waited for (seconds).
 EXIT_WAIT_S = 30.0
+#: The reason a signature gets when the script ends before its tuning does.
+AT_EXIT = "the script ended before its background tuning did"
 #: The script's own calls the eager latency is taken from, and how long the worker waits for them (seconds).
 EAGER_CALLS = 10
 EAGER_WAIT_S = 1.0
@@ -186,6 +191,7 @@ class Worker:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._why = ""
         self._saved_interval: float | None = None
 
     def in_worker(self) -> bool:
@@ -240,8 +246,12 @@ class Worker:
             self._saved_interval = None
         self._cond.notify_all()
 
+    def _abandoned(self) -> str | None:
+        return self._why if self._stopping else None
+
     def _loop(self) -> None:
         _timing.HELD_OFF.slice = QUIET.slice
+        _timing.HELD_OFF.abandoned = self._abandoned
         while True:
             job = self._next()
             if job is None:
@@ -252,6 +262,12 @@ class Worker:
             sig.timing = {"thread": "background worker", "eager": "timed by the worker, in slices"}
             try:
                 run(st, sig)  # decide() claims the queued signature
+            except _timing.Abandoned as e:
+                logger.info("%s: tuning abandoned (%s); it runs eagerly", getattr(st, "name", "?"), e)
+                with sig.lock:
+                    if sig.status in ("queued", "recording", "tuning"):
+                        sig.status = "eager"
+                        sig.reason = f"tuning abandoned: {e}"[:500]
             except Exception as e:  # the worker never dies of one module: it stays eager, with the reason
                 logger.warning("%s: background tuning failed (%s: %s); it runs eagerly", getattr(st, "name", "?"),
                                type(e).__name__, str(e)[:300])
@@ -272,24 +288,26 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
-    def stop(self, wait_s: float = 0.0) -> None:
-        """Drop the queue (its signatures run eagerly) and let the worker end after its current tuning, waiting
-        for that up to `wait_s` seconds (at interpreter exit: torch torn down under a thread still compiling can
-        crash the process)."""
+    def stop(self, wait_s: float = 0.0, why: str = "background tuning stopped before it was tuned") -> None:
+        """Drop the queue (its signatures run eagerly, with `why` as their reason) and have the worker abandon its
+        current tuning at its next step, waiting for that up to `wait_s` seconds (at interpreter exit: torch torn
+        down under a thread still compiling can crash the process)."""
         with self._cond:
+            self._why = why
             self._stopping = True
             dropped, self._queue = self._queue, []
             busy = self._busy
             self._cond.notify_all()
         if busy and wait_s > 0:
-            logger.info("waiting up to %.0f s for the background tuning under way to end", wait_s)
+            logger.info("abandoning the background tuning under way (waiting up to %.0f s for its current step)",
+                        wait_s)
             if not self.wait(wait_s):
                 logger.warning("the background tuning under way did not end within %.0f s; exiting anyway", wait_s)
         for _, sig, _ in dropped:
             with sig.lock:
                 if sig.status == "queued":
                     sig.status = "eager"
-                    sig.reason = "background tuning stopped before it was tuned"
+                    sig.reason = why
 
     def restart(self) -> None:
         """After `stop` (tests, disable then enable): accept work again."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from aitune.torch import cache
 from aitune.torch._signature import _hooks as hooks
-from aitune.torch._signature._background import EXIT_WAIT_S, WORKER
+from aitune.torch._signature._background import AT_EXIT, EXIT_WAIT_S, WORKER
 from aitune.torch.jit import _hook, _report, _runtime, _tracker, _tuner
 from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 
@@ -88,7 +88,7 @@ def enable_jit_tuning() -> bool:
             atexit.register(_report.at_exit)
             # Registered after the report, so it runs first: the queue is dropped, a tuning under way waited for
             # (a bounded time), then the report is written with its outcome.
-            atexit.register(WORKER.stop, EXIT_WAIT_S)
+            atexit.register(WORKER.stop, EXIT_WAIT_S, AT_EXIT)
             _state["atexit"] = True
         _tuner.LISTENERS.add(_on_decision)
     backends = ", ".join(b.describe() for b in config.backends) if config.backends else "defaults for the device"

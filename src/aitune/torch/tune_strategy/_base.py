@@ -23,7 +23,7 @@ from aitune.torch import _tree
 from aitune.torch._checking import compare_outputs, same_values
 from aitune.torch._errors import TuningError
 from aitune.torch._samples import Sample, SignatureRecord
-from aitune.torch._timing import measure_latency_ms
+from aitune.torch._timing import Abandoned, checkpoint, measure_latency_ms
 from aitune.torch.backend._base import Backend, Engine
 
 logger = logging.getLogger(__name__)
@@ -175,11 +175,13 @@ def evaluate(job: TuneJob, backend: Backend, *, measure: bool = True) -> Candida
     if reason is not None:
         logger.info("  %s: skipped (%s)", desc, reason)
         return CandidateResult(desc, ok=False, error=reason, backend_obj=backend)
+    checkpoint()
     start = time.perf_counter()
     try:
         with _Heartbeat(f"{job.name} with {desc}", job.progress):
             engine = backend.build(job.module, job.signature, job.samples, job.device)
     except Exception as e:  # a backend that cannot build rejects its candidate (strict mode raises)
+        checkpoint()  # a build that failed because the interpreter is shutting down is not the backend's failure
         logger.info("  %s: build failed: %s", desc, _error_text(e))
         logger.debug("build failure detail:\n%s", traceback.format_exc())
         if job.strict:
@@ -199,12 +201,16 @@ def check(job: TuneJob, backend: Backend, engine: Engine, *, build_s: float | No
     desc = backend.describe()
     result = CandidateResult(desc, ok=False, build_s=build_s, engine=engine, backend_obj=backend)
     try:
+        checkpoint()
         result.error, worst = _check_samples(job, engine)
         if result.error is None:
             result.max_abs_error = worst
             if measure:
                 result.latency_ms = job.time(engine)
             result.ok = True
+    except Abandoned:
+        engine.release()
+        raise
     except Exception as e:  # an engine that fails on a sample is rejected (strict mode raises)
         logger.debug("check failure detail:\n%s", traceback.format_exc())
         if job.strict:
