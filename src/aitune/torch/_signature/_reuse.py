@@ -278,46 +278,51 @@ CONFIRM_ROUNDS = 3
 
 
 def _latency_check(job: TuneJob, engine: Engine, record: dict[str, Any]) -> dict[str, Any] | None:
-    """Time the reused engine and eager here. It is kept unless it is more than `reuse_max_slowdown` (5%, and
-    0.05 ms) slower than recorded both in milliseconds and relative to eager (a machine that is slower today, or
-    an eager timing that came out fast, does not re-tune). Timed briefly (at most 10 runs each); a first verdict
-    of "slower" is confirmed before it counts: eager and the engine are timed in turns, as in tuning, for up to
-    `CONFIRM_ROUNDS` rounds, and the engine counts as slower only if its best time and its best ratio to the
-    eager time of the same round both still are (a busy moment of the machine weighs on both of a round).
-    None when the record has no latency to compare with."""
+    """Time the reused engine here. It is kept unless it is more than `reuse_max_slowdown` (5%, and 0.05 ms)
+    slower than recorded both in milliseconds and relative to eager (a machine that is slower today, or an eager
+    timing that came out fast, does not re-tune). Timed briefly (at most 10 runs); eager is timed only when the
+    engine is slower in milliseconds (else its figure is the recorded one: `eager_timed` False). A first verdict
+    of "slower" is confirmed before it counts: eager and the engine are timed in turns for up to `CONFIRM_ROUNDS`
+    rounds, and the engine counts as slower only if its best time and its best ratio to the eager time of the
+    same round both still are (a busy moment of the machine weighs on both of a round). None when the record has
+    no latency to compare with."""
     recorded, recorded_eager = record.get("tuned_latency_ms"), record.get("eager_latency_ms")
     if not isinstance(recorded, (int, float)) or not isinstance(recorded_eager, (int, float)) or recorded <= 0 \
             or recorded_eager <= 0:
         return None
     factor = global_config.reuse_max_slowdown
 
+    def slower_in_ms(now: float) -> bool:
+        return now > recorded * factor and now - recorded > NOISE_MS
+
     def slower(now: float, ratio: float) -> bool:
-        return (now > recorded * factor and now - recorded > NOISE_MS
-                and ratio > recorded / recorded_eager * factor)
+        return slower_in_ms(now) and ratio > recorded / recorded_eager * factor
 
     brief = dataclasses.replace(job, warmup=min(job.warmup, 2), iterations=min(job.iterations, 10),
                                 max_seconds=min(job.max_seconds, 0.5), _eager_ms=None)
-    eager_now = brief.eager_latency_ms()
     now = best = brief.time(engine)
+    figures: dict[str, Any] = {"recorded_latency_ms": recorded, "recorded_eager_latency_ms": recorded_eager,
+                               "recorded_ratio_to_eager": round(recorded / recorded_eager, 4)}
+    if not slower_in_ms(best):
+        return {"kept": True, "latency_ms": round(now, 4), "eager_latency_ms": recorded_eager, "eager_timed": False,
+                "ratio_to_eager": round(now / recorded_eager, 4), "confirm_rounds": 0, **figures}
+    eager_now = brief.eager_latency_ms()
     ratio = now / eager_now
     rounds = 0
-    if slower(best, ratio):
-        module = job.module
+    module = job.module
 
-        def eager(*args: Any, **kwargs: Any) -> Any:
-            return module.forward(*args, **kwargs)
+    def eager(*args: Any, **kwargs: Any) -> Any:
+        return module.forward(*args, **kwargs)
 
-        while rounds < CONFIRM_ROUNDS and slower(best, ratio):
-            rounds += 1
-            e, t = job.time(eager), job.time(engine)
-            best = min(best, t)
-            if t / e < ratio:
-                ratio, now, eager_now = t / e, t, e
+    while rounds < CONFIRM_ROUNDS and slower(best, ratio):
+        rounds += 1
+        e, t = brief.time(eager), brief.time(engine)
+        best = min(best, t)
+        if t / e < ratio:
+            ratio, now, eager_now = t / e, t, e
     # Reported: the round that came out best against eager (its engine and eager times).
-    return {"kept": not slower(best, ratio), "latency_ms": round(now, 4), "recorded_latency_ms": recorded,
-            "eager_latency_ms": round(eager_now, 4), "recorded_eager_latency_ms": recorded_eager,
-            "ratio_to_eager": round(ratio, 4), "recorded_ratio_to_eager": round(recorded / recorded_eager, 4),
-            "confirm_rounds": rounds}
+    return {"kept": not slower(best, ratio), "latency_ms": round(now, 4), "eager_latency_ms": round(eager_now, 4),
+            "eager_timed": True, "ratio_to_eager": round(ratio, 4), "confirm_rounds": rounds, **figures}
 
 
 class _Rebuilt(Exception):
