@@ -51,6 +51,8 @@ def test_second_run_reuses_the_saved_engine(plain_run: PlainRun, hooked_run: Hoo
     # Nothing was built or timed: the engine was loaded, checked against eager on this run's samples, and used.
     assert "built in" not in second.stderr and "loaded from the cache in" in second.stderr, second.stderr
     assert "reusing the ONNXRuntimeBackend engine from the cache" in second.stderr
+    # Its purity verdict came with the entry: the forward was not traced again.
+    assert "not traced again" in second.stderr, second.stderr
     assert sig["engine_calls"] >= 1
     assert second.module("Net")["cache"] == "hit"
     assert "(cache hit)" in second.stderr.split("aitune summary")[-1], "the exit summary should say it"
@@ -155,6 +157,7 @@ def test_inductor_engine_is_saved_and_loaded_without_compiling(plain_run: PlainR
     assert sig["cache"] == "hit", second.describe()
     assert sig["cache_reuse"]["engine"] == "loaded" and sig["cache_reuse"]["kept"], sig
     assert "built in" not in second.stderr and "rebuilt" not in second.stderr, second.stderr
+    assert "not traced again" in second.stderr, second.stderr  # the purity verdict came with the entry
 
 
 def test_cached_engine_that_no_longer_matches_eager_is_retuned(hooked_run: HookedRun, tmp_path: Path) -> None:

@@ -227,3 +227,67 @@ def test_signatures_per_module_stay_bounded() -> None:
     assert len(entry["signatures"]) == 9, len(entry["signatures"])  # 8, and the one that counts the rest
     overflow = entry["signatures"][-1]
     assert overflow["status"] == "eager" and "max_signatures" in overflow["reason"] and overflow["calls"] == 32
+
+
+_USER_CODE = """
+import torch
+
+
+def act(x):
+    return torch.relu(x)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.temperature = 1.0
+
+    def forward(self, x):
+        return act(self.fc(x)) / self.temperature
+"""
+
+
+def test_a_pure_verdict_persists_and_holds_only_while_its_code_and_values_do(tmp_path: Any,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the persistent cache keeps of a verdict (`persisted`) comes back (`from_record`) only while every
+    function of the user's code that was traced reads as it did (here a helper the forward calls, which the
+    module's structure digest does not cover) and every watched value is the same."""
+    import importlib.util
+    import json
+    import linecache
+    import sys
+
+    path = tmp_path / "aitune_user_code_probe.py"
+    path.write_text(_USER_CODE)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    user = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, path.stem, user)
+    spec.loader.exec_module(user)
+    net = user.Net().eval()
+    with torch.no_grad():
+        verdict = _purity.probe(net, ("persist",), _sample(torch.randn(2, 8)))
+    assert verdict.impure is None and verdict.sources is not None
+    assert {src[0] for src in verdict.sources} == {path.stem}, verdict.sources
+    assert len(verdict.sources) == 2  # the forward and the helper it calls
+    record = json.loads(json.dumps(_purity.persisted(verdict)))  # as the cache entry holds it
+
+    back = _purity.from_record(record, net)
+    assert back is not None and back.impure is None and back.sources == verdict.sources
+    assert back.watch.changed(net) is None
+    assert "temperature" in {item.describe() for item in back.watch.items}
+
+    net.temperature = 2.0  # a value the engine would have baked in differs: trace again
+    assert _purity.from_record(record, net) is None
+    net.temperature = 1.0
+    assert _purity.from_record(record, net) is not None
+
+    path.write_text(_USER_CODE.replace("return torch.relu(x)", "return torch.relu(x) * 2"))  # the helper changed
+    linecache.checkcache(str(path))
+    assert _purity.from_record(record, net) is None
+    assert _purity.from_record({"sources": "not a list"}, net) is None
+
+    with torch.no_grad():
+        impure = _purity.probe(Appends().eval(), ("persist",), _sample(torch.randn(2, 8)))
+    assert impure.impure is not None and _purity.persisted(impure) is None

@@ -25,10 +25,10 @@ from aitune.torch._errors import AITuneError, TuningError
 from aitune.torch._samples import Sample, SignatureRecord, first_device, modes_of, recorded_modes
 from aitune.torch._signature._background import WORKER, eager_in_place
 from aitune.torch._signature._inplace import ACTIVITY, InPlaceCheck
-from aitune.torch._signature._purity import Purity, Watch, probe
+from aitune.torch._signature._purity import Purity, Watch, from_record, persisted, probe
 from aitune.torch._signature._quiet import libraries_quiet
 from aitune.torch._signature._record import release_samples
-from aitune.torch._signature._reuse import decide_shared
+from aitune.torch._signature._reuse import decide_shared, digest, key_fields, peek
 from aitune.torch._signature._rng import rng_kept
 from aitune.torch._signature._route import CALLERS, OwnWork
 from aitune.torch.tune_strategy._base import CandidateResult, TuneJob, TuneOutcome, TuneStrategy
@@ -93,6 +93,8 @@ class Plan:
     one_graph: bool = False
     #: The call was shown pure (`_purity`): an engine that runs no Python may serve it, `watch` watched.
     pure: bool = False
+    #: The purity verdict behind `pure` (persisted with the decision, `_purity.persisted`).
+    verdict: Purity | None = None
 
 
 @dataclass
@@ -137,7 +139,10 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
     chosen = None
     try:
         device = first_device(samples)
-        chosen = restrict(plan(device), module, sig, samples, label)
+        peeked: list[Any] = []
+        chosen = restrict(plan(device), module, sig, samples, label,
+                          known=None if store is None else
+                          lambda p: _stored_verdict(p, module, name, sig, samples, device, store, peeked))
         if not chosen.backends and chosen.why_none:
             outcome = TuneOutcome(None, [], None, chosen.why_none)
         else:
@@ -147,6 +152,10 @@ def decide(module: torch.nn.Module, sig: SignatureRecord, plan: Callable[[torch.
                         chosen.strategy.describe(), ", ".join(b.describe() for b in chosen.backends) or "no backend")
             job = make_job(module, name, sig, samples, device, chosen.backends, progress=progress)
             job.pure = sig.shown_pure = chosen.pure
+            if chosen.pure and chosen.verdict is not None:
+                job.purity_record = persisted(chosen.verdict)
+            if peeked:
+                job.peeked = peeked[0]
             if WORKER.in_worker():
                 job.eager_in_place = lambda: eager_in_place(sig, device)
             else:
@@ -196,7 +205,31 @@ def _graph_at_switch(module: torch.nn.Module, sig: SignatureRecord, samples: Seq
         winner.engine = graph
 
 
-def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample], name: str) -> Plan:
+def _stored_verdict(plan: Plan, module: torch.nn.Module, name: str, sig: SignatureRecord,
+                    samples: Sequence[Sample], device: torch.device, store: EngineStore,
+                    peeked: list[Any]) -> Purity | None:
+    """The purity verdict stored with the cached decision for `plan` as it stands (`_purity.from_record`), so
+    that a reused decision needs no trace; None when there is none or it no longer holds. The entry found is kept
+    in `peeked` for the cache lookup that follows, which then does not read and verify it again."""
+    if not plan.backends:
+        return None
+    try:
+        key = digest(key_fields(make_job(module, name, sig, samples, device, plan.backends), plan.strategy))
+    except Exception:  # a module the key cannot describe: traced, and tuned without the cache, as always
+        return None
+    hit = peek(store, key)
+    if hit is None or not isinstance(hit.record.get("purity"), dict):
+        return None
+    verdict = from_record(hit.record["purity"], module)
+    if verdict is not None:
+        peeked.append((key, hit))
+        logger.info("%s: shown pure by the verdict stored with its cache entry (%s; the code it traced is "
+                    "unchanged), not traced again", name, key[:12])
+    return verdict
+
+
+def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample], name: str,
+             known: Callable[[Plan], Purity | None] | None = None) -> Plan:
     """The plan narrowed to what may serve this signature at all, whichever front asked:
 
     - a forward that changes the module's own state (`sig.state_change`) is served by no engine;
@@ -206,7 +239,9 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
     - a call whose output aliases a parameter, buffer or input (`sig.aliases`) only by backends that keep that;
     - a call whose inputs hold a state object (a cache) by no CUDA-graph engine;
     - a call that needs autograd (grad enabled, and an input or a parameter requires grad) only by backends
-      whose engines carry it (`Backend.supports_autograd`).
+      whose engines carry it (`Backend.supports_autograd`);
+    - and last, backends that run no Python only for a call shown pure (`_pure_or_python`; `known(plan)` may
+      give the verdict without a trace: one stored with the cached decision for that plan).
     """
     if sig.state_change is not None:
         return Plan(plan.strategy, [], f"its forward changes the module's own state ({sig.state_change}), which an "
@@ -223,7 +258,6 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          "its outputs hold Python numbers (perhaps computed from the data), which an exported engine, "
                          "running no Python, would return as the values of its samples")
-    plan = _pure_or_python(plan, module, sig, samples, name)
     if sig.aliases is not None:
         plan = _narrowed(sig, plan, lambda b: b.keeps_aliases(device), name,
                          f"its output shares memory with what the caller may edit through it ({sig.aliases})")
@@ -234,19 +268,19 @@ def restrict(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples:
         plan = _narrowed(sig, plan, lambda b: not b.uses_cuda_graphs(device), name,
                          "its inputs hold an object with tensors (a cache) that are not all marked static "
                          "(torch._dynamo.mark_static_address), on which a CUDA graph cannot be captured safely")
-    if not needs_autograd(module, sig, samples):
-        return plan
-    kept = [b for b in plan.backends if b.supports_autograd]
-    if kept or not plan.backends:
-        return dataclasses.replace(plan, backends=kept)
-    dropped = ", ".join(b.describe() for b in plan.backends)
-    return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs require grad), "
-                                   f"which {dropped} cannot carry; call it under torch.no_grad() or "
-                                   f"torch.inference_mode() for inference")
+    if needs_autograd(module, sig, samples):
+        kept = [b for b in plan.backends if b.supports_autograd]
+        if not kept and plan.backends:
+            dropped = ", ".join(b.describe() for b in plan.backends)
+            return Plan(plan.strategy, [], f"its calls need autograd (grad is enabled and parameters or inputs "
+                                           f"require grad), which {dropped} cannot carry; call it under "
+                                           f"torch.no_grad() or torch.inference_mode() for inference")
+        plan = dataclasses.replace(plan, backends=kept)
+    return _pure_or_python(plan, module, sig, samples, name, known)
 
 
 def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, samples: Sequence[Sample],
-                    name: str) -> Plan:
+                    name: str, known: Callable[[Plan], Purity | None] | None = None) -> Plan:
     """Backends that run no Python (kind "aot") only for a call shown to be pure (`_purity`); the module-side
     values such an engine would bake in go with the plan, to be watched. A signature whose watched values kept
     changing (`sig.python_only`) is served by Python-running backends only."""
@@ -256,7 +290,8 @@ def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, s
         return plan
     if sig.python_only is not None:
         plan = _narrowed(sig, plan, lambda b: b.kind == "jit", name, sig.python_only)
-    verdict = purity(module, sig, samples[0])
+    verdict = (known(plan) if known is not None and sig.python_only is None else None) or \
+        purity(module, sig, samples[0])
     if plan.one_graph and verdict.breaks:
         why = f"its forward breaks into several graphs ({'; '.join(verdict.breaks[:3])})"
         logger.info("%s: not tuned whole: %s", name, why)
@@ -266,7 +301,7 @@ def _pure_or_python(plan: Plan, module: torch.nn.Module, sig: SignatureRecord, s
     if verdict.impure is not None:
         return _narrowed(sig, plan, lambda b: b.kind == "jit", name,
                          f"{verdict.impure}; engines that run its Python (or eager) serve it")
-    return dataclasses.replace(plan, watch=verdict.watch or None, pure=sig.python_only is None)
+    return dataclasses.replace(plan, watch=verdict.watch or None, pure=sig.python_only is None, verdict=verdict)
 
 
 def purity(module: torch.nn.Module, sig: SignatureRecord, sample: Sample) -> Purity:

@@ -19,6 +19,13 @@ An impure call is served by engines that run its Python (Inductor JIT, whose gua
 its meaning) or eagerly, and the report says why. Verdicts are kept per module class, structure and signature
 for the process, so identical modules (a model built in a loop) are traced once.
 
+A pure verdict travels with the decision in the persistent cache (`persisted`, `from_record`), so a later run
+that reuses the decision does not trace again: it holds the watched values (by `repr`) and, for every function of
+the user's own code that Dynamo traced (not installed packages or the standard library, whose versions are part
+of the cache key), its module, lines and a sha256 of its source. It is taken again only when each of those
+sources is unchanged and each watched value reads the same on this run's module; else the call is traced as
+always.
+
 Known limits: Python run outside what Dynamo traces (code it skips, C extensions) is not seen; a guard Dynamo
 names in a form not parsed here (`_steps`) on the module's side makes the call impure rather than unwatched.
 """
@@ -26,6 +33,8 @@ names in a form not parsed here (`_steps`) on the module's side makes the call i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import logging
 import os
 import re
@@ -152,6 +161,9 @@ class Purity:
     outside: str | None = None
     #: Why Dynamo broke the forward into several graphs (its graph-break reasons), if it did.
     breaks: tuple[str, ...] = ()
+    #: The user's own code Dynamo traced: (module, first line, last line, sha256 of those lines); None when it
+    #: could not be read (the verdict is then not persisted).
+    sources: tuple[tuple[str, int, int, str], ...] | None = None
 
 
 class _Verdicts:
@@ -212,9 +224,12 @@ def _trace(module: torch.nn.Module, sample: Sample) -> Purity:
         return [True] * len(entries)
 
     graphs: list[int] = []
+    traced: list[Any] = []
 
     def capture(gm: torch.fx.GraphModule, example_inputs: Any) -> Callable[..., Any]:
         graphs.append(len(gm.graph.nodes))
+        context = torch._guards.TracingContext.try_get()
+        traced.extend(getattr(context, "traced_code", None) or [None])  # None: not known
         return gm.forward
 
     args, kwargs = _tree.clone((sample.args, sample.kwargs))
@@ -249,7 +264,71 @@ def _trace(module: torch.nn.Module, sample: Sample) -> Purity:
     if len(graphs) > 1 and not broke:
         broke = (f"{len(graphs)} graphs",)
     verdict = _judge(module, guards)
-    return dataclasses.replace(verdict, breaks=tuple(str(b).splitlines()[0][:200] for b in broke))
+    return dataclasses.replace(verdict, breaks=tuple(str(b).splitlines()[0][:200] for b in broke),
+                               sources=_user_sources(traced))
+
+
+def _user_sources(codes: Sequence[Any]) -> tuple[tuple[str, int, int, str], ...] | None:
+    """(module, first line, last line, sha256) of each traced code object of the user's own code; None when one
+    is not known or its source cannot be read."""
+    found: set[tuple[str, int, int, str]] = set()
+    for code in codes:
+        if code is None:
+            return None
+        module = inspect.getmodule(code)
+        if module is None:
+            return None
+        if _installed(module):
+            continue
+        try:
+            lines, first = inspect.getsourcelines(code)
+        except (OSError, TypeError):
+            return None
+        found.add((module.__name__, first, first + len(lines), _sha256("".join(lines))))
+    return tuple(sorted(found))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def persisted(verdict: Purity) -> dict[str, Any] | None:
+    """The record of a pure, whole-graph verdict for the persistent cache, or None when it cannot be persisted
+    (impure, broken into graphs, sources unknown, a watched tensor or a value without a faithful repr)."""
+    if verdict.impure is not None or verdict.outside is not None or verdict.breaks or verdict.sources is None:
+        return None
+    watch = []
+    for item in verdict.watch.items:
+        if item.kind not in ("value", "len", "keys"):
+            return None
+        watch.append({"steps": [list(step) for step in item.steps], "kind": item.kind, "repr": repr(item.expected)})
+    return {"sources": [list(src) for src in verdict.sources], "watch": watch}
+
+
+def from_record(record: Any, module: torch.nn.Module) -> Purity | None:
+    """The verdict `persisted` recorded, for `module` now: None unless every recorded source is unchanged and
+    every watched value reads the same (then the caller traces as usual)."""
+    try:
+        sources = [(str(m), int(first), int(last), str(sha)) for m, first, last, sha in record["sources"]]
+        items = [Watched(tuple((str(how), key) for how, key in w["steps"]), str(w["kind"]), None)
+                 for w in record["watch"]]
+        expected = [str(w["repr"]) for w in record["watch"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    for name, first, last, sha in sources:
+        source_module = sys.modules.get(name)
+        if source_module is None:
+            return None
+        try:
+            lines = inspect.getsourcelines(source_module)[0][first - 1:last - 1]
+        except (OSError, TypeError):
+            return None
+        if _sha256("".join(lines)) != sha:
+            return None
+    watch = Watch(items).rebound(module)
+    if watch is None or [repr(item.expected) for item in watch.items] != expected:
+        return None
+    return Purity(None, watch, sources=tuple(sources))
 
 
 def _judge(module: torch.nn.Module, guards: Sequence[Any]) -> Purity:

@@ -128,7 +128,7 @@ def decide_with_cache(job: TuneJob, strategy: TuneStrategy, store: EngineStore,
     except Exception as e:  # a module the key cannot describe (an odd extra_repr, say) is tuned without the cache
         logger.info("%s: no cache key (%s: %s); tuning without the cache", job.name, type(e).__name__, e)
         return tune()
-    hit = _lookup(store, key, job.name)
+    hit = job.peeked[1] if job.peeked is not None and job.peeked[0] == key else _lookup(store, key, job.name)
     if hit is not None:
         reused = _reuse(job, hit, tried_backends(job, strategy), forget=lambda: _forget(store, key))
         if reused is not None:
@@ -177,6 +177,14 @@ def _lookup(store: EngineStore, key: str, name: str) -> Hit | None:
     except Exception as e:  # an unreadable store is a miss, never a failed call
         logger.warning("aitune cache: reading %s failed (%s: %s); tuning %s again", store.root, type(e).__name__, e,
                        name)
+        return None
+
+
+def peek(store: EngineStore, key: str) -> Hit | None:
+    """The verified entry of `key`, or None (also when the store cannot be read: the lookup that follows says so)."""
+    try:
+        return store.lookup(key)
+    except Exception:
         return None
 
 
@@ -369,6 +377,8 @@ def decision_record(job: TuneJob, outcome: TuneOutcome, backends: Sequence[Backe
         "eager_latency_ms": outcome.eager_latency_ms,
         "candidates": [c.to_report() for c in outcome.candidates],
     }
+    if job.purity_record is not None:  # the pure verdict, so that a run reusing this decision need not trace
+        record["purity"] = job.purity_record
     if winner is not None:
         backend = winner.backend_obj
         record.update(backend=winner.backend, backend_name=backend.name if backend is not None else None,

@@ -57,6 +57,10 @@ class TuneJob:
     #: Where the eager latency can be taken in place instead of timed here (background tuning: the script's own
     #: calls, `_signature._background.eager_in_place`); None from it means: time it here.
     eager_in_place: Callable[[], float | None] | None = field(default=None, repr=False)
+    #: The pure verdict to store with the decision (`_signature._purity.persisted`), if it can be stored.
+    purity_record: dict[str, Any] | None = field(default=None, repr=False)
+    #: (key, entry) of the persistent cache read already for this job (its stored verdict was used).
+    peeked: tuple[str, Any] | None = field(default=None, repr=False)
     _eager_ms: float | None = field(default=None, repr=False)
 
     def timing_sample(self) -> Sample:
