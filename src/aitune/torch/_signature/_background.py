@@ -84,6 +84,13 @@ class Quiet:
         self._local = threading.local()
         self.reset()
 
+    def forget_in_forked_child(self) -> None:
+        """After `os.fork`, in the child: no slice is under way there and no call is held off."""
+        self._cond = threading.Condition()
+        self.active = self._wanted = False
+        self._inside = self._waiting = 0
+        self._local = threading.local()
+
     def reset(self) -> None:
         self.slices = 0
         self.quiet_slices = 0
@@ -308,6 +315,17 @@ class Worker:
                 if sig.status == "queued":
                     sig.status = "eager"
                     sig.reason = why
+
+    def forget_in_forked_child(self) -> None:
+        """In the child of an `os.fork`: the parent's worker thread does not exist here, and its locks may have
+        been held at the fork. Nothing is queued or under way, and nothing will be (the child does not tune)."""
+        self._cond = threading.Condition()
+        self._queue = []
+        self._busy = False
+        self._thread = None
+        self._stopping = True
+        self._why = "the process is a fork of the one that tunes"
+        QUIET.forget_in_forked_child()
 
     def restart(self) -> None:
         """After `stop` (tests, disable then enable): accept work again."""

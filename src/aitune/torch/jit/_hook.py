@@ -113,6 +113,14 @@ def install(handler: Handler) -> bool:
         return True
 
 
+def restore_in_forked_child() -> bool:
+    """`uninstall` for the child of an `os.fork`: its lock made anew first (a thread of the parent that held it
+    does not exist here). True when the patch was installed."""
+    global _lock
+    _lock = threading.Lock()
+    return uninstall()
+
+
 def uninstall() -> bool:
     """Restore the exact original attributes. Idempotent; returns False when nothing was installed."""
     global _handle_call

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,32 @@ from aitune.torch.jit.config import SETTINGS, config, load_jit_config
 logger = logging.getLogger("aitune")
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"atexit": False, "handler": None}
+_state: dict[str, Any] = {"atexit": False, "handler": None, "forked": False}
+
+
+def _in_forked_child() -> None:
+    """After `os.fork`, in the child (DataLoader workers, multiprocessing pools, preforking servers): aitune stands
+    aside there. The original `torch.nn.Module.__call__` is back, so every call runs as it would without aitune:
+    nothing is recorded or tuned (a DataLoader worker would tune its transforms anew each epoch, for nothing),
+    no engine built in the parent serves (runtimes such as ONNX Runtime's thread pools are not safe across a
+    fork), and neither the report nor the summary is written at the child's exit (the parent's report stays
+    the parent's)."""
+    global _lock
+    if not _hook.is_installed():
+        return
+    _lock = threading.Lock()
+    _state["forked"] = True
+    try:
+        WORKER.forget_in_forked_child()
+        _hook.restore_in_forked_child()
+        logger.debug("forked child %d: JIT tuning is off in it; its module calls run as without aitune", os.getpid())
+    except Exception:  # nothing may fail in a fresh child: at worst the patch stays, as before this existed
+        pass
+
+
+def _report_at_exit() -> None:
+    if not _state["forked"]:
+        _report.at_exit()
 
 
 def _setup_logging(level_name: str) -> None:
@@ -82,10 +108,13 @@ def enable_jit_tuning() -> bool:
         # Opened now so that an unusable cache directory is reported (once) before the script runs.
         store = cache.configured_store(config)
         _hook.install(_runtime.make_handler(_tuner.tune_signature))
+        _state["forked"] = False  # enabled anew (in a forked child too): its report is written at exit
         hooks.watch()
         WORKER.restart()
         if not _state["atexit"]:
-            atexit.register(_report.at_exit)
+            atexit.register(_report_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_in_forked_child)
             # Registered after the report, so it runs first: the queue is dropped, a tuning under way waited for
             # (a bounded time), then the report is written with its outcome.
             atexit.register(WORKER.stop, EXIT_WAIT_S, AT_EXIT)
