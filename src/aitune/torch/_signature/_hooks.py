@@ -10,10 +10,19 @@ What an engine cannot honour keeps the call eager (`blocked_by`): backward hooks
 hooks (`register_module_forward_hook` and the like, which would have to fire for every submodule an engine fuses
 away), and hooks on any submodule (the same). Registering a hook on any module bumps `HOOKS` (while `watch()`
 is active), so a tuned module notices new hooks below it on its next call.
+
+One kind of submodule hook does not keep JIT mode from fusing (`inert_hook`): transformers' output-capturing
+hooks, which it installs for good on every layer the first time a model is asked for `output_hidden_states` or
+`output_attentions`, and which do nothing unless an enclosing model's call is collecting those outputs
+(`library_collecting`). A module with such hooks below is tuned as a whole; while a collection is under way its
+calls run eagerly, so the hooks fire and aitune neither records, tunes nor serves an engine then. A model that
+collects in its own forward (the one asked for hidden states) is compared with eager on its outputs, which hold
+what the hooks collected.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -128,14 +137,47 @@ def blocked_by(module: torch.nn.Module) -> str | None:
     return None
 
 
-def hooked_submodule(module: torch.nn.Module) -> str | None:
-    """The name of a submodule with hooks of any kind (an engine fusing it would skip them), or None."""
+def hooked_submodule(module: torch.nn.Module, *, inert_too: bool = True) -> str | None:
+    """The name of a submodule with hooks of any kind (an engine fusing it would skip them), or None; with
+    `inert_too` False, forward hooks that do nothing unless a library turns them on (`inert_hook`) are not
+    counted."""
     for name, sub in module.named_modules():
         if sub is module:
             continue
-        if sub._forward_hooks or sub._forward_pre_hooks or sub._backward_hooks or sub._backward_pre_hooks:
+        if sub._forward_pre_hooks or sub._backward_hooks or sub._backward_pre_hooks:
+            return name
+        if sub._forward_hooks and (inert_too or not all(inert_hook(h) for h in sub._forward_hooks.values())):
             return name
     return None
+
+
+def inert_library_hooks_below(module: torch.nn.Module) -> bool:
+    """Has a submodule a forward hook that does nothing unless a library turns it on (`inert_hook`)?"""
+    return any(sub is not module and any(inert_hook(h) for h in sub._forward_hooks.values())
+               for sub in module.modules())
+
+
+#: (module, function name) of hooks that do nothing unless their library collects through them for a call.
+_INERT_HOOKS = frozenset({("transformers.utils.output_capturing", "output_capturing_hook")})
+
+
+def inert_hook(hook: Any) -> bool:
+    """A hook that acts only while its library collects through it (transformers' output capturing)?"""
+    fn = getattr(hook, "__func__", hook)
+    code = getattr(fn, "__code__", None)
+    return code is not None and (getattr(fn, "__module__", None), code.co_name) in _INERT_HOOKS
+
+
+def library_collecting() -> bool:
+    """Is a library collecting through inert hooks in this context now (transformers: an enclosing model asked
+    for hidden states or attentions)? True when that cannot be told."""
+    capturing = sys.modules.get("transformers.utils.output_capturing")
+    if capturing is None:
+        return False
+    try:
+        return bool(capturing._active_collector.get())
+    except Exception:
+        return True
 
 
 def call_with_hooks(module: torch.nn.Module, forward: Callable[[tuple[Any, ...], dict[str, Any]], Any],

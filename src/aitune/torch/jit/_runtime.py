@@ -20,7 +20,15 @@ from aitune.torch._errors import AITuneError
 from aitune.torch._fingerprint import live_weights, weights_state
 from aitune.torch._samples import SignatureRecord
 from aitune.torch._signature._background import QUIET
-from aitune.torch._signature._hooks import HOOKS, blocked_by, call_with_hooks, hooked_submodule, own_forward_hooks
+from aitune.torch._signature._hooks import (
+    HOOKS,
+    blocked_by,
+    call_with_hooks,
+    hooked_submodule,
+    inert_library_hooks_below,
+    library_collecting,
+    own_forward_hooks,
+)
 from aitune.torch._signature._record import BUDGET, record_call, release_samples
 from aitune.torch._signature._route import (
     FAIL_OPEN,
@@ -85,6 +93,10 @@ def make_handler(tune: Tune) -> Callable[[torch.nn.Module, ModuleState | None, t
             _check_weights(st, module)
             if st.hook_epoch != HOOKS.value:
                 _check_hooks_below(st, module)
+            if st.library_hooks and library_collecting():
+                # A library collects outputs through hooks below (transformers' hidden states of an enclosing
+                # model): they must fire, so this call runs as without aitune.
+                return _call_tracked(st, module, args, kwargs)
             hooked = own_forward_hooks(module)
         except AITuneError:
             raise
@@ -191,7 +203,8 @@ def _check_hooks_below(st: ModuleState, module: torch.nn.Module) -> None:
     """A hook registered on a submodule: an engine fusing that submodule would skip it, so the module gives its
     engines up and its children are tried instead (they run their own hooks)."""
     st.hook_epoch = HOOKS.value
-    below = hooked_submodule(module)
+    st.library_hooks = inert_library_hooks_below(module)
+    below = hooked_submodule(module, inert_too=False)
     if below is None or not any(s.engine is not None or s.samples for s in st.signatures.values()):
         return
     reason = (f"its submodule {below} has hooks, which an engine fusing it would skip; its children are tried "

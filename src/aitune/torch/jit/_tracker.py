@@ -52,7 +52,8 @@ class ModuleState:
         "ref", "key", "status", "passthrough", "name", "qualname", "depth", "parent", "children", "root",
         "table", "reason", "decided", "paths", "by_path", "param_ids",
         "version_sum", "weights_baseline", "weight_tensors", "data_accesses",
-        "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "told", "repeats", "__weakref__",
+        "epoch", "tune_seconds", "baked_invalidations", "hook_epoch", "library_hooks", "told", "repeats",
+        "__weakref__",
     )
 
     def __init__(self, module: torch.nn.Module, status: ModuleStatus, name: str, qualname: str, depth: int,
@@ -94,6 +95,9 @@ class ModuleState:
         self.baked_invalidations = 0
         #: `_signature._hooks.HOOKS` when hooks below this module were last checked.
         self.hook_epoch = -1
+        #: Below it are hooks that do nothing unless a library turns them on for a call (`_hooks.inert_hook`):
+        #: while it does (`_hooks.library_collecting`), the module's calls run eagerly.
+        self.library_hooks = False
         #: Conditions already logged for this module (one INFO line each: training mode, hooks...).
         self.told: set[str] = set()
         #: Conditions that recur (weights changed under an engine or samples): how often, for the summary.
