@@ -182,3 +182,13 @@ def test_override_file_picks_onnxruntime(plain_run: PlainRun, hooked_run: Hooked
     net = hooked.module("Net")
     assert net["state"] == "tuned" and net["backend"] == "ONNXRuntimeBackend", net
     assert engine_calls(net) >= 1
+
+
+def test_a_model_the_script_compiles_itself_is_left_to_torch_compile(plain_run: PlainRun,
+                                                                      hooked_run: HookedRun) -> None:
+    """torch.compile's module wrapper has a `__call__` of its own: aitune never sees its calls, and its summary
+    says why nothing was tuned instead of guessing at eval mode."""
+    hooked = hooked_run("user_compiled", **ALWAYS_TUNE).check()
+    assert_results_close(hooked, plain_run("user_compiled"))
+    assert hooked.report is not None and hooked.report["modules"] == [], hooked.describe()
+    assert "ran under its own torch.compile" in hooked.stderr, hooked.stderr

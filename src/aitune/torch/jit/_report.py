@@ -124,6 +124,16 @@ def write_html(data: dict[str, Any], target: Path) -> Path:
     return target
 
 
+def _graphs_compiled_by_the_script() -> int:
+    """Graphs torch.compile made in this process: with no module recorded by aitune, the script's own (a model it
+    compiled: `OptimizedModule.__call__` does not go through the patched `Module.__call__`)."""
+    dynamo_utils = sys.modules.get("torch._dynamo.utils")
+    try:
+        return int(dynamo_utils.counters["stats"]["unique_graphs"]) if dynamo_utils is not None else 0
+    except Exception:
+        return 0
+
+
 def _fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -135,7 +145,13 @@ def summary_table(report: dict[str, Any] | None = None) -> str:
     device = env.get("device_name", "cpu")
     lines = [f"aitune summary (mode {env['mode']}, {device}):"]
     if not modules:
-        lines.append("  no module was recorded (were any modules called in eval mode?)")
+        compiled = _graphs_compiled_by_the_script()
+        if compiled:
+            lines.append(f"  no module was recorded: the script's modules ran under its own torch.compile "
+                         f"({compiled} graph(s) compiled), which aitune leaves as it is (run it without "
+                         "torch.compile to have aitune tune it)")
+        else:
+            lines.append("  no module was recorded (were any modules called in eval mode?)")
         return "\n".join(lines)
     header = ("module", "state", "backend", "calls", "eager ms", "tuned ms", "speedup", "tuning s")
     rows = [header]
