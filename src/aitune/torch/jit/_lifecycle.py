@@ -43,7 +43,9 @@ def _in_forked_child() -> None:
 
 
 def _report_at_exit() -> None:
-    if not _state["forked"]:
+    """The report and summary at exit, unless this process is a fork of the one that tunes, or a DataLoader
+    worker (spawned ones import torch, and so aitune, afresh): their report would replace the parent's."""
+    if not _state["forked"] and not _tracker.in_data_loader_worker():
         _report.at_exit()
 
 

@@ -18,6 +18,7 @@ hot path is one dict lookup and the user's modules carry no attributes of ours.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -251,6 +252,13 @@ def _module_path(root: ModuleState, module: torch.nn.Module) -> str | None:
     return root.paths.get(id(module))
 
 
+def in_data_loader_worker() -> bool:
+    """Is this process a DataLoader worker (forked or spawned)? Modules called there (a dataset's transforms) are
+    not tracked: the worker lives for one epoch, and tuning there would cost each worker a compile for nothing."""
+    worker = sys.modules.get("torch.utils.data._utils.worker")
+    return worker is not None and getattr(worker, "_worker_info", None) is not None
+
+
 def discover(module: torch.nn.Module, settings: Any) -> ModuleState:
     """Create the state of a module seen for the first time (caller holds no lock; we take it)."""
     cls = type(module)
@@ -258,7 +266,7 @@ def discover(module: torch.nn.Module, settings: Any) -> ModuleState:
         existing = STATES.get(id(module))
         if existing is not None and existing.ref() is module:
             return existing
-        if _is_excluded(cls, settings.exclude_packages, settings.patch_exclude):
+        if _is_excluded(cls, settings.exclude_packages, settings.patch_exclude) or in_data_loader_worker():
             st = ModuleState(module, "untracked", cls.__name__, _qualname(cls), 0, None)
             STATES[id(module)] = st
             return st
